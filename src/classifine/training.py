@@ -71,8 +71,7 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
 
     # --- train ---
     t0 = time.time()
-    info = module.fit(task, train_ex, val_ex, settings, model, run_dir / "model", **(
-        {"run_dir": run_dir, "resume": resume, "progress": progress} if module.USES_TRAINER else {}))
+    info = module.fit(task, train_ex, val_ex, settings, model, run_dir, progress=progress, resume=resume)
     train_seconds = time.time() - t0
 
     # --- save: configuration first, so the run loads; then decisions tuned on validation ---

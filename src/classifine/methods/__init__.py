@@ -2,8 +2,9 @@
 
 - ``Config``: a pydantic model of the method's hyper-parameters (unknown keys are errors);
 - ``KINDS``: the task kinds it supports, and ``REFUSED``: why the others are refused;
-- ``fit(task, train, validation, config, model, model_dir) -> dict``: trains and saves into
-  ``model_dir``, returns facts for config.yaml (sizes, steps);
+- ``NEEDS_MODEL``: whether ``--model`` is required;
+- ``fit(task, train, validation, config, model, run_dir, progress, resume) -> dict``: trains and
+  saves into ``run_dir/model`` (checkpoints and logs beside it), returns facts for config.yaml;
 - ``Scorer.load(model_dir)`` with ``predict_proba(texts) -> (n, n_labels) array``.
 """
 from __future__ import annotations

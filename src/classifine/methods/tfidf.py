@@ -20,7 +20,6 @@ from ..task import TaskSpec
 
 KINDS = ("single_label", "multi_label", "ordinal")
 NEEDS_MODEL = False
-USES_TRAINER = False
 REFUSED = {"extraction": "tfidf classifies whole texts and cannot name entities: use method sft for extraction"}
 
 
@@ -46,7 +45,8 @@ def _vectorizer(config: Config, vocabulary: dict | None = None):
 
 
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str | None,
-        model_dir: Path) -> dict:
+        run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
+    model_dir = run_dir / "model"
     vec = _vectorizer(config)
     X = vec.fit_transform(train.texts)
     X_val = vec.transform(validation.texts) if validation is not None else None

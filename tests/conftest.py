@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; a download attempt fails fast
+
+from toy import tiny_bert, tiny_gemma, write_task  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def bert_path(tmp_path_factory) -> str:
+    return str(tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
+
+
+@pytest.fixture(scope="session")
+def gemma_path(tmp_path_factory) -> str:
+    return str(tiny_gemma(tmp_path_factory.mktemp("tiny-gemma")))
+
+
+@pytest.fixture(scope="session")
+def toy_tasks(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("toy")
+    return {kind: write_task(base / kind, kind) for kind in ("single_label", "multi_label", "ordinal", "extraction")}
+
+
+def pytest_collection_modifyitems(config, items):
+    # slow tests last, so a failure in the fast ones shows first
+    items.sort(key=lambda it: 1 if it.get_closest_marker("slow") else 0)

@@ -39,9 +39,9 @@ def handled(fn):
         try:
             return fn(*args, **kwargs)
         except ClassifineError as e:
-            err.print(f"[bold red]error:[/] {e.summary}", highlight=False)
+            err.print(f"[bold red]error:[/] {e.summary}", highlight=False, soft_wrap=True)
             for p in e.problems:
-                err.print(f"  - {p}", highlight=False, markup=False)
+                err.print(f"  - {p}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")

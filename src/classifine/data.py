@@ -71,14 +71,20 @@ def _check_utf8(path: Path) -> None:
         ) from None
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a whole file as strings (no NaN guessing: a label 'None' or 'NA' stays a string)."""
-    path = Path(path)
+def _checked_format(path: Path, role: str) -> str:
+    """The file's format, after checking that it exists and is not empty."""
     if not path.is_file():
-        raise DataError(f"data file {path} not found", ["check the path (relative paths in a task spec are relative to the spec)"])
+        raise DataError(f"{role} file {path} not found", ["check the path (relative paths in a task spec are relative to the spec)"])
     fmt = _format(path)
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty", ["the file has no bytes: write a header row and data rows"])
+    return fmt
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a whole file as strings (no NaN guessing: a label 'None' or 'NA' stays a string)."""
+    path = Path(path)
+    fmt = _checked_format(path, "data")
     if fmt in ("csv", "tsv", "jsonl"):
         _check_utf8(path)
     try:
@@ -283,11 +289,7 @@ def label_stats(task: TaskSpec, examples: Examples) -> dict:
 def iter_records(path: str | Path, batch_size: int = 256) -> Iterator[list[dict]]:
     """Stream a file in batches of records so memory stays flat in the file's size."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"input file {path} not found", ["check the path"])
-    fmt = _format(path)
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty", ["the input has no records"])
+    fmt = _checked_format(path, "input")
     if fmt in ("csv", "tsv"):
         try:
             for chunk in pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str,

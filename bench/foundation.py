@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -61,6 +62,7 @@ def run_one(name: str, spec_path: Path, method_key: str, work: Path) -> dict:
     train.to_csv(work / "train.csv", index=False)
     test.to_csv(work / "test.csv", index=False)
     out = work / f"run-{name}-{method_key}"
+    load_before = os.getloadavg()[0]  # other processes on a 2-core machine change every timing
     t0 = time.time()
     run = classifine.train(task, method=method, model=model, out=out, train=work / "train.csv", test=work / "test.csv",
                            config=settings, overwrite=True, progress=False)
@@ -71,7 +73,8 @@ def run_one(name: str, spec_path: Path, method_key: str, work: Path) -> dict:
             "per_class_f1": {k: v["f1"] for k, v in m["per_class"].items()},
             "train_seconds": run.config["train_seconds"], "total_seconds": round(wall, 1),
             "predict_docs_per_second": m["docs_per_second"],
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def main() -> None:
@@ -83,7 +86,7 @@ def main() -> None:
     results_path = Path(args.out)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": []}
-    results["machine"] = {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version()}
+    results["machine"] = {"cpu_count": os.cpu_count(), "python": platform.python_version()}
     for name in args.only:
         for key in args.methods:
             with tempfile.TemporaryDirectory() as tmp:

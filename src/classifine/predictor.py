@@ -6,17 +6,13 @@ on validation at training time, ``model/decision.json``) and optional top_k for 
 """
 from __future__ import annotations
 
-import csv
-import itertools
 import json
-import time
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from .data import iter_records, records_to_texts
-from .errors import DataError
+from .data import records_to_texts
 from .methods import get_method
 from .runs import Run, atomic_write_json
 
@@ -89,7 +85,20 @@ class Predictor:
         return out
 
     def predict_texts(self, texts: list[str]) -> list[dict]:
-        return self.format(self.predict_proba(texts))
+        if self.task.kind == "extraction":
+            return [self.format_entities(found) for found in self.scorer.extract(list(texts))]
+        probs = self.predict_proba(texts)
+        out = self.format(probs)
+        for item, bad in zip(out, getattr(self.scorer, "last_invalid", None) or []):
+            if bad:  # free generation named no label: say so rather than pass off a guess
+                item["invalid"] = True
+        return out
+
+    def format_entities(self, found: list[dict]) -> dict:
+        """Entities at or above the spec's min_confidence; the rest stay visible as candidates."""
+        keep = [e for e in found if e["confidence"] >= self.task.min_confidence]
+        return {self.task.entity: [e["name"] for e in keep], "entities": keep,
+                "below_min_confidence": [e for e in found if e["confidence"] < self.task.min_confidence]}
 
     def predict(self, records: Iterable[dict]) -> list[dict]:
         records = list(records)
@@ -97,57 +106,19 @@ class Predictor:
 
 
 def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 256,
-                 progress: bool = True, predictor: Predictor | None = None) -> dict:
+                 progress: bool = True, predictor: Predictor | None = None, overwrite: bool = False,
+                 sync_seconds: float = 2.0) -> dict:
     """Stream ``input_path`` in batches and write one prediction per record (JSONL or CSV).
 
-    Memory stays flat in the input's size. Output is written to a temp file and renamed at the end,
-    so an interrupted run leaves no half-written output behind.
+    Memory stays flat in the input's size. Finished rows survive a crash or Ctrl-C, and running the
+    same command again continues where it stopped (``resumable.py``); a different input or run is
+    refused unless ``overwrite``. The output file appears, complete, only at the end.
     """
-    from tqdm.auto import tqdm
+    from .resumable import predict_file as _predict_file
 
     predictor = predictor or Predictor.load(run_dir)
-    output_path = Path(output_path)
-    fmt = output_path.suffix.lower()
-    if fmt not in (".jsonl", ".csv"):
-        raise DataError(f"unsupported output type {fmt!r}", ["write predictions to a .jsonl or .csv file"])
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_path.with_name(f".{output_path.name}.partial")
-    t0 = time.time()
-    batches = iter_records(input_path, batch_size)
-    first = next(batches, [])  # fail on a missing or unreadable input before any output exists
-    bar = tqdm(desc="predict", unit="rec", disable=not progress)
-    try:
-        _write_predictions(predictor, itertools.chain([first], batches), tmp, fmt, bar)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        bar.close()
-    n = bar.n
-    tmp.replace(output_path)
-    seconds = time.time() - t0
-    return {"records": n, "seconds": round(seconds, 3), "records_per_second": round(n / seconds, 2) if seconds else None,
-            "output": str(output_path)}
-
-
-def _write_predictions(predictor: Predictor, batches, tmp: Path, fmt: str, bar) -> None:
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        writer = None
-        for batch in batches:
-            results = predictor.predict(batch) if batch else []
-            for rec, res in zip(batch, results):
-                if fmt == ".jsonl":
-                    f.write(json.dumps({**rec, **res}, ensure_ascii=False) + "\n")
-                else:
-                    row = {**rec, "prediction": res.get("label", "|".join(res.get("labels", [])))}
-                    if "confidence" in res:
-                        row["confidence"] = res["confidence"]
-                    row.update({f"p_{lab}": p for lab, p in res["probabilities"].items()})
-                    if writer is None:
-                        writer = csv.DictWriter(f, fieldnames=list(row))
-                        writer.writeheader()
-                    writer.writerow(row)
-            bar.update(len(batch))
+    return _predict_file(predictor, input_path, output_path, batch_size=batch_size, progress=progress,
+                         overwrite=overwrite, sync_seconds=sync_seconds)
 
 
 def save_decision(run: Run, decision: dict) -> None:

@@ -22,6 +22,7 @@ METHODS = {
     "tfidf": "TF-IDF char n-grams + logistic regression (the baseline)",
     "embed": "frozen encoder/decoder embeddings + linear or ordinal head",
     "head": "AutoModelForSequenceClassification fine-tuning (full or LoRA) on the HF Trainer",
+    "sft": "causal LM + LoRA answering the task prompt; label scoring, calibrated, schema-constrained JSON",
 }
 
 

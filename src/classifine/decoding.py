@@ -1,0 +1,300 @@
+"""Decoding for generative methods (DESIGN.md §4).
+
+- ``score_continuations``: log P(continuation | prompt) for many continuations of each prompt. The
+  prompt runs once; its KV cache is repeated for the continuations; the LM head is applied only at
+  the positions that predict continuation tokens (Gemma's 262k-vocab head is most of the cost).
+- ``LabelScorer``: a probability for every label (softmax over label sequences, or per-label
+  yes/no for multi-label), always a valid label; temperature-calibrated on validation.
+- ``generate_answers`` + ``parse_answer``: free generation, the way hand-written recipes decode,
+  kept for comparison; unparseable answers are counted as invalid, never hidden.
+- ``EntityDecoder``: greedy decoding constrained to ``{"<entity>": ["...", ...]}``, so every answer
+  parses; each entity's confidence is the product of its tokens' probabilities.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import ConfigError
+from .prompts import PromptFormat, answer_text
+from .task import TaskSpec
+
+
+def lm_parts(model):
+    """(decoder that returns hidden states, LM head, final-logit softcap) of a causal LM, also
+    when wrapped by peft."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
+
+
+def _head_logprobs(head, softcap, hidden, targets, chunk: int = 256):
+    import torch
+
+    out = []
+    for s in range(0, hidden.shape[0], chunk):
+        logits = head(hidden[s:s + chunk]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        out.append(torch.log_softmax(logits, -1).gather(-1, targets[s:s + chunk, None])[:, 0])
+    return torch.cat(out) if out else hidden.new_zeros(0)
+
+
+def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[list[int]], batch_size: int = 8) -> np.ndarray:
+    """(n_prompts, n_conts) array of summed log-probabilities of each continuation after each prompt."""
+    import torch
+
+    decoder, head, softcap = lm_parts(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    L, width = len(conts), max(len(c) for c in conts)
+    C = torch.full((L, width), pad, dtype=torch.long)
+    cmask = torch.zeros((L, width), dtype=torch.long)
+    for j, c in enumerate(conts):
+        C[j, :len(c)] = torch.tensor(c)
+        cmask[j, :len(c)] = 1
+    result = np.zeros((len(prompts), L))
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s:s + batch_size]
+        B, T = len(chunk), max(len(p) for p in chunk)
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        for i, p in enumerate(chunk):  # left padding: every prompt ends at the same position
+            ids[i, T - len(p):] = torch.tensor(p)
+            mask[i, T - len(p):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            first = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            cache = first.past_key_values
+            cache.batch_repeat_interleave(L)
+            cont_ids = C.repeat(B, 1)
+            full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask.repeat(B, 1)], 1)
+            cont_pos = pos[:, -1:].repeat_interleave(L, 0) + 1 + torch.arange(width)[None, :]
+            second = decoder(input_ids=cont_ids, attention_mask=full_mask, position_ids=cont_pos,
+                             past_key_values=cache, use_cache=False)
+            # token j of a continuation is predicted by position j-1 (the prompt's last for j = 0)
+            last = first.last_hidden_state[:, -1:].repeat_interleave(L, 0)
+            hidden = torch.cat([last, second.last_hidden_state[:, :-1]], 1)
+            keep = cmask.repeat(B, 1).bool()
+            lp = _head_logprobs(head, softcap, hidden[keep], cont_ids[keep])
+            sums = torch.zeros(B * L, dtype=lp.dtype).index_add_(0, keep.nonzero()[:, 0], lp)
+        result[s:s + B] = sums.view(B, L).double().numpy()
+    return result
+
+
+class LabelScorer:
+    """Scores every label of a single_label / ordinal / multi_label task for a batch of texts."""
+
+    def __init__(self, model, tokenizer, task: TaskSpec, batch_size: int = 8):
+        self.model, self.tokenizer, self.task, self.batch_size = model, tokenizer, task, batch_size
+        self.fmt = PromptFormat.for_tokenizer(tokenizer)
+        if task.kind == "multi_label":
+            self.yes_no = [self._ids(w + self.fmt.end_text) for w in ("yes", "no")]
+        else:
+            self.label_ids = [self._ids(self.fmt.answer(task, lab)) for lab in task.label_names]
+            check_label_tokens(task, [self._ids(answer_text(task, lab)) for lab in task.label_names])
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        """single_label/ordinal: log P(label | prompt); multi_label: log-odds of "yes" per label."""
+        if self.task.kind != "multi_label":
+            prompts = [self._ids(self.fmt.prompt(self.task, t)) for t in texts]
+            return score_continuations(self.model, self.tokenizer, prompts, self.label_ids, self.batch_size)
+        out = np.zeros((len(texts), len(self.task.label_names)))
+        for i, text in enumerate(texts):
+            prefix, suffixes = self.fmt.split_prompt(self.task, text)
+            conts = [self._ids(sfx) + yn for sfx in suffixes for yn in self.yes_no]
+            s = score_continuations(self.model, self.tokenizer, [self._ids(prefix)], conts, 1)[0]
+            out[i] = s[0::2] - s[1::2]
+        return out
+
+
+def check_label_tokens(task: TaskSpec, ids: list[list[int]]) -> None:
+    problems = []
+    for lab, seq in zip(task.label_names, ids):
+        if not seq:
+            problems.append(f"label {lab!r} tokenizes to nothing: give it a visible name")
+    seen: dict[tuple, str] = {}
+    for lab, seq in zip(task.label_names, ids):
+        if tuple(seq) in seen and seq:
+            problems.append(f"labels {seen[tuple(seq)]!r} and {lab!r} tokenize identically: rename one of them")
+        seen.setdefault(tuple(seq), lab)
+    if problems:
+        raise ConfigError("the labels cannot be scored with this tokenizer:", problems)
+
+
+def probabilities(kind: str, scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    if kind == "multi_label":
+        return 1.0 / (1.0 + np.exp(-z))
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_temperature(kind: str, scores: np.ndarray, targets: np.ndarray) -> float:
+    """Temperature minimising validation NLL (Guo et al., 2017). ``targets``: class index per row,
+    or a 0/1 matrix for multi-label."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        p = np.clip(probabilities(kind, scores, math.exp(log_t)), 1e-12, 1 - 1e-12)
+        if kind == "multi_label":
+            return float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
+        return float(-np.log(p[np.arange(len(targets)), targets]).mean())
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, batch_size: int = 8) -> list[str]:
+    import torch
+
+    tokenizer.padding_side = "left"
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[s:s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        out += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def parse_answer(task: TaskSpec, text: str):
+    """The label a free-form answer names, or None when it names none (an invalid output)."""
+    text = text.strip()
+    if task.output == "json":
+        try:
+            obj = json.loads(text[text.index("{"): text.rindex("}") + 1])
+            text = str(obj.get(task.label_column, "")) if isinstance(obj, dict) else ""
+        except ValueError:
+            return None
+    first = text.splitlines()[0].strip().strip(".\"'") if text else ""
+    if first in task.labels:
+        return first
+    folded = {lab.casefold(): lab for lab in task.labels}
+    return folded.get(first.casefold())
+
+
+@lru_cache(maxsize=4)
+def _token_texts(tokenizer) -> list[str]:
+    # decode each token after an anchor so a leading space survives (SentencePiece strips it at
+    # the start of a sequence)
+    anchor = tokenizer("a", add_special_tokens=False).input_ids[-1:]
+    base = tokenizer.decode(anchor)
+    texts = tokenizer.batch_decode([anchor + [i] for i in range(len(tokenizer))])
+    return [t[len(base):] if t.startswith(base) else t for t in texts]
+
+
+class EntityDecoder:
+    """Greedy decoding of ``{"<entity>": ["a", "b"]}`` in exactly json.dumps' layout (the layout
+    the model is trained on). A token is taken only if the text stays a prefix of such a document,
+    so the output always parses; strings may not contain quotes, backslashes or control characters."""
+
+    def __init__(self, model, tokenizer, task: TaskSpec, max_new_tokens: int = 96, max_entity_chars: int = 120):
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.fmt = PromptFormat.for_tokenizer(tokenizer)
+        self.head = '{"' + task.entity + '": ['
+        self.end_ids = tokenizer(self.fmt.end_text, add_special_tokens=False).input_ids
+        self.max_new_tokens, self.max_entity_chars = max_new_tokens, max_entity_chars
+        self.texts = _token_texts(tokenizer)
+        self.special = set(tokenizer.all_special_ids)
+
+    def _advance(self, state: tuple, text: str):
+        """Consume ``text`` from ``state``; None if it leaves the grammar. States:
+        ("head", i) matching the fixed head; ("open",) after "[" or ", "; ("str", n); ("after",)
+        after a closing quote; ("sep", i) inside ', "'; ("close",) expecting "}"; ("done",)."""
+        for ch in text:
+            kind = state[0]
+            if kind == "head":
+                if ch != self.head[state[1]]:
+                    return None
+                state = ("head", state[1] + 1) if state[1] + 1 < len(self.head) else ("first",)
+            elif kind == "first":  # right after "[": an empty list or a first string
+                state = ("close",) if ch == "]" else ("str", 0) if ch == '"' else None
+            elif kind == "str":
+                if ch == '"':
+                    state = ("after",) if state[1] > 0 else None
+                elif ch == "\\" or ord(ch) < 32 or state[1] >= self.max_entity_chars:
+                    return None
+                else:
+                    state = ("str", state[1] + 1)
+            elif kind == "after":
+                state = ("sep", 1) if ch == "," else ("close",) if ch == "]" else None
+            elif kind == "sep":
+                want = ', "'[state[1]]
+                if ch != want:
+                    return None
+                state = ("sep", 2) if state[1] == 1 else ("str", 0)
+            elif kind == "close":
+                state = ("done",) if ch == "}" else None
+            else:
+                return None
+            if state is None:
+                return None
+        return state
+
+    def decode(self, prompt: str) -> tuple[list[dict], str]:
+        import torch
+
+        step_input = torch.tensor([self.tokenizer(prompt, add_special_tokens=False).input_ids])
+        state, text, past = ("head", 0), "", None
+        entities: list[tuple[str, float]] = []
+        cur, cur_lp = None, 0.0  # the entity being written and the log-probability of its tokens
+        for _ in range(self.max_new_tokens):
+            with torch.inference_mode():
+                out = self.model(input_ids=step_input, past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            logp = torch.log_softmax(out.logits[0, -1].float(), -1)
+            def allowed(tid: int) -> bool:
+                return tid not in self.special and self._advance(state, self.texts[tid]) is not None
+
+            # the most probable token the grammar allows: nearly always among the top few
+            chosen = next((t for t in torch.topk(logp, min(256, logp.numel())).indices.tolist() if allowed(t)), None)
+            if chosen is None:
+                chosen = next((t for t in torch.argsort(logp, descending=True).tolist() if allowed(t)), None)
+            if chosen is None:  # pragma: no cover - the grammar always allows some token
+                break
+            lp, piece = float(logp[chosen]), self.texts[chosen]
+            # an entity's confidence is the product of the probabilities of every token that
+            # carries part of it, its quotes included
+            for ch in piece:
+                prev, state = state, self._advance(state, ch)
+                if state == ("str", 0) and prev[0] != "str":
+                    cur, cur_lp = "", 0.0
+                elif prev[0] == "str" and state[0] == "str":
+                    cur += ch
+                elif prev[0] == "str" and state == ("after",):
+                    entities.append((cur, cur_lp + lp))
+                    cur = None
+            if cur is not None:
+                cur_lp += lp
+            text += piece
+            step_input = torch.tensor([[chosen]])
+            if state == ("done",):
+                break
+        if state != ("done",):  # out of budget: close the document so it still parses
+            text = text if state[0] not in ("str",) else text + '"'
+            text = _close(text, self.head)
+        found = [{"name": name, "confidence": round(math.exp(lp), 6)} for name, lp in entities]
+        return found, text
+
+
+def _close(text: str, head: str) -> str:
+    """Finish a truncated document of the fixed grammar."""
+    try:
+        json.loads(text)
+        return text
+    except ValueError:
+        pass
+    for tail in ("]}", '"]}', "}"):
+        try:
+            json.loads(text.rstrip(", ") + tail)
+            return text.rstrip(", ") + tail
+        except ValueError:
+            continue
+    return head + "]}"

@@ -1,0 +1,130 @@
+"""Prompts and answers for generative methods, rendered from the task spec.
+
+One renderer serves training and inference, and prompt and answer are tokenised separately and
+concatenated in both, so the token boundary the model learns is exactly the one it is scored on.
+Models with a chat template get it (the packaged Gemma gets Gemma's turn template); others get a
+plain "Answer:" layout. Multi-label tasks ask one yes/no question per label after a shared prefix,
+so the prefix's KV cache serves every label (see decoding.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from .errors import ConfigError
+from .task import TaskSpec
+
+log = logging.getLogger("classifine")
+
+MARK = "\x00LABEL\x00"  # where a multi-label question is spliced into a rendered prompt
+DEFAULT_INSTRUCTIONS = {
+    "single_label": "Classify the text into exactly one of the labels.",
+    "ordinal": "Rate the text on the scale below; answer with one value of the scale.",
+    "multi_label": "Decide whether the text has the label named below.",
+    "extraction": "List every {entity} named in the text, exactly as written, as JSON.",
+}
+
+
+def instruction(task: TaskSpec) -> str:
+    text = (task.instruction or DEFAULT_INSTRUCTIONS[task.kind]).strip()
+    labels = ", ".join(task.label_names)
+    return text.replace("{labels}", labels).replace("{entity}", task.entity)
+
+
+def _label_block(task: TaskSpec) -> str:
+    if task.kind == "extraction":
+        return f'Answer with JSON of the form {{"{task.entity}": ["...", "..."]}}; use [] when there is none.'
+    lines = [f"- {lab}: {desc}" if desc else f"- {lab}" for lab, desc in task.labels.items()]
+    head = "Labels:" if task.kind != "ordinal" else "Scale (lowest first):"
+    return head + "\n" + "\n".join(lines)
+
+
+def answer_text(task: TaskSpec, gold) -> str:
+    """The answer the model is trained to give (without the end-of-turn marker)."""
+    if task.kind == "extraction":
+        return json.dumps({task.entity: list(gold)}, ensure_ascii=False)
+    if task.output == "json":
+        return json.dumps({task.label_column: gold}, ensure_ascii=False)
+    return str(gold)
+
+
+@dataclass
+class PromptFormat:
+    """How prompts are wrapped for one tokenizer: chat template or plain text."""
+
+    tokenizer: object
+    end_text: str
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> "PromptFormat":
+        vocab = tokenizer.get_vocab()
+        # Gemma ends a model turn with <end_of_turn>, other chat models with their eos token
+        end = "<end_of_turn>" if getattr(tokenizer, "chat_template", None) and "<end_of_turn>" in vocab else tokenizer.eos_token
+        if not end:
+            raise ConfigError("the tokenizer has no end-of-sequence token", ["use a model whose tokenizer defines eos_token"])
+        return cls(tokenizer, end)
+
+    @property
+    def chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def wrap(self, body: str) -> str:
+        if self.chat:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                                      add_generation_prompt=True)
+        bos = self.tokenizer.bos_token or ""
+        return f"{bos}{body}\n\nAnswer:\n"
+
+    def body(self, task: TaskSpec, text: str, question: str | None = None) -> str:
+        parts = [instruction(task), _label_block(task) if task.kind != "multi_label" else "", f"Text:\n{text}"]
+        if question is not None:
+            parts.append(question)
+        return "\n\n".join(p for p in parts if p)
+
+    def prompt(self, task: TaskSpec, text: str) -> str:
+        if task.kind == "multi_label":
+            raise ValueError("multi-label prompts are split per label: use split_prompt")
+        return self.wrap(self.body(task, text))
+
+    def split_prompt(self, task: TaskSpec, text: str) -> tuple[str, list[str]]:
+        """Multi-label: (shared prefix, one suffix per label). Prefix + suffix is the full prompt
+        for that label's yes/no question; the answer is "yes" or "no"."""
+        full = self.wrap(self.body(task, text, f"Label: {MARK}\nDoes the text have this label? Answer yes or no."))
+        prefix, rest = full.split(MARK, 1)
+        return prefix, [self._label_line(task, lab) + rest for lab in task.label_names]
+
+    @staticmethod
+    def _label_line(task: TaskSpec, label: str) -> str:
+        desc = task.labels[label]
+        return f"{label} ({desc})" if desc else label
+
+    def answer(self, task: TaskSpec, gold) -> str:
+        return answer_text(task, gold) + self.end_text
+
+
+def truncate_texts(fmt: PromptFormat, task: TaskSpec, texts: list[str], max_length: int, answer_budget: int) -> tuple[list[str], int]:
+    """Shorten input texts (never the instruction or the answer) so prompt + answer fit in
+    ``max_length`` tokens. Returns the texts and how many were truncated."""
+    tok = fmt.tokenizer
+    if task.kind == "multi_label":
+        prefix, suffixes = fmt.split_prompt(task, "")
+        overhead = len(tok(prefix + max(suffixes, key=len), add_special_tokens=False).input_ids)
+    else:
+        overhead = len(tok(fmt.prompt(task, ""), add_special_tokens=False).input_ids)
+    budget = max_length - overhead - answer_budget
+    if budget < 8:
+        raise ConfigError(f"max_length {max_length} leaves no room for the input text",
+                          [f"the instruction, labels and answer take {overhead + answer_budget} tokens: raise max_length "
+                           "or shorten the instruction and label descriptions"])
+    out, cut = [], 0
+    for text in texts:
+        ids = tok(text, add_special_tokens=False).input_ids
+        if len(ids) > budget:
+            text = tok.decode(ids[:budget], skip_special_tokens=True)
+            cut += 1
+        out.append(text)
+    if cut:
+        log.warning("%d of %d input texts were truncated to fit max_length=%d (instruction and answer kept whole)",
+                    cut, len(texts), max_length)
+    return out, cut

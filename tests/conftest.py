@@ -10,6 +10,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; a dow
 
 from toy import tiny_bert, tiny_gemma, write_task  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    # two workers on two cores: more torch threads per worker only make them wait on each other
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 

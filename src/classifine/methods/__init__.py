@@ -23,6 +23,8 @@ METHODS = {
     "embed": "frozen encoder/decoder embeddings + linear or ordinal head",
     "head": "AutoModelForSequenceClassification fine-tuning (full or LoRA) on the HF Trainer",
     "sft": "causal LM + LoRA answering the task prompt; label scoring, calibrated, schema-constrained JSON",
+    "orpo": "ORPO preference tuning (TRL) on gold vs the model's own wrong answers; multi-task",
+    "pretrain": "BPE tokenizer + small Llama-style LM from scratch on the texts, then sft on it",
 }
 
 

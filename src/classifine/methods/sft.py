@@ -56,6 +56,30 @@ class Config(BaseModel):
     seed: int = 13
 
 
+def task_metric_fn(task: TaskSpec, tokenizer, val: Examples, config):
+    """model -> the task's metrics on the validation rows, by label scoring."""
+    from ..decoding import LabelScorer, probabilities
+    from ..predictor import decide
+    from ..report import compute_metrics
+
+    def task_metrics(model) -> dict:
+        scores = LabelScorer(model, tokenizer, task, config.score_batch_size).scores(val.texts)
+        probs = probabilities(task.kind, scores)
+        out = compute_metrics(task, val.labels, decide(task.kind, task.label_names, probs, {}), probs)
+        return {k: out[k] for k in ("macro_f1", "accuracy", "micro_f1", "mae", "subset_accuracy") if k in out}
+    return task_metrics
+
+
+def evaluate_by_task_metric(trainer, task_metrics, prefix: str = "eval") -> dict:
+    """Trainer.evaluate replacement: the Trainer picks the best checkpoint from what this returns."""
+    trainer.model.eval()
+    metrics = {f"{prefix}_{k}": v for k, v in task_metrics(trainer.model).items()}
+    trainer.model.train()
+    trainer.log(metrics)
+    trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, metrics)
+    return metrics
+
+
 def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: Examples, config, run_dir: Path,
                  progress: bool, extra_callbacks: list | None = None):
     """A Trainer with answer-only loss whose evaluation scores the validation rows with the task's
@@ -64,19 +88,11 @@ def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: 
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
-    from ..decoding import LabelScorer, probabilities
-    from ..predictor import decide
-    from ..report import compute_metrics
-
     fmt = PromptFormat.for_tokenizer(tokenizer)
     val = validation.subset(range(min(len(validation), config.eval_rows)))
     val_feats = encode_features(task, fmt, training_pairs(task, val, config.seed), config.max_length, {})
 
-    def task_metrics(model) -> dict:
-        scores = LabelScorer(model, tokenizer, task, config.score_batch_size).scores(val.texts)
-        probs = probabilities(task.kind, scores)
-        out = compute_metrics(task, val.labels, decide(task.kind, task.label_names, probs, {}), probs)
-        return {k: out[k] for k in ("macro_f1", "accuracy", "micro_f1", "mae", "subset_accuracy") if k in out}
+    task_metrics = task_metric_fn(task, tokenizer, val, config)
 
     class AnswerTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -86,12 +102,7 @@ def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             if task.kind == "extraction":
                 return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            self.model.eval()
-            metrics = {f"{metric_key_prefix}_{k}": v for k, v in task_metrics(self.model).items()}
-            self.model.train()
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            return metrics
+            return evaluate_by_task_metric(self, task_metrics, metric_key_prefix)
 
     metric = "loss" if task.kind == "extraction" else "macro_f1"
     strategy = "epoch" if config.eval_steps is None else "steps"

@@ -1,0 +1,129 @@
+"""sft, orpo and pretrain end to end with a tiny Gemma 3 built in the test."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import classifine
+from classifine.errors import ConfigError
+
+from toy import write_task
+
+QUICK = {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3, "eval_rows": 8, "max_length": 128}
+
+
+@pytest.fixture(scope="module")
+def small_tasks(tmp_path_factory):
+    base = tmp_path_factory.mktemp("gen")
+    return {k: write_task(base / k, k, n_train=40, n_test=8) for k in ("single_label", "multi_label", "ordinal", "extraction")}
+
+
+def _check_run(out, kind, labels):
+    assert (out / "metrics.json").is_file() and (out / "model" / "generative.json").is_file()
+    rec = classifine.load(out).predict([{"title": "goal match", "body": "Acme Corp storm"}])[0]
+    if kind == "extraction":
+        assert isinstance(rec["company"], list) and all(e["confidence"] >= 0.5 for e in rec["entities"])
+        return rec
+    p = np.array(list(rec["probabilities"].values()))
+    assert list(rec["probabilities"]) == labels and ((p > 0) & (p < 1)).all()
+    if kind != "multi_label":
+        assert rec["label"] in labels and p.sum() == pytest.approx(1, abs=1e-4)
+    return rec
+
+
+@pytest.mark.parametrize("kind", ["single_label", "multi_label", "ordinal", "extraction"])
+def test_sft_every_kind(small_tasks, tmp_path, gemma_path, kind):
+    out = tmp_path / "run"
+    config = {**QUICK, "max_length": 384} if kind == "extraction" else QUICK  # byte-level toy tokens are many
+    run = classifine.train(small_tasks[kind], method="sft", model=gemma_path, out=out, config=config, progress=False)
+    _check_run(out, kind, run.task.label_names)
+    meta = json.loads((out / "model" / "generative.json").read_text())
+    assert meta["base_model"] == gemma_path and (out / "model" / "adapter_config.json").is_file()
+    if kind != "extraction":
+        assert meta["temperature"] > 0 and "ece_validation_after" in run.config["info"]
+
+
+def test_sft_lora_weights_change_and_merge_loads_without_peft(small_tasks, tmp_path, gemma_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    classifine.train(small_tasks["single_label"], method="sft", model=gemma_path, out=out,
+                     config={**QUICK, "merge": True, "lora_r": 4}, progress=False)
+    adapter = load_file(str(out / "model" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: non-zero means it trained
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nfrom transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(out / 'model' / 'merged')!r})\n"
+            "assert 'peft' not in sys.modules and next(m.parameters()).dtype == torch.bfloat16\nprint('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-1500:]
+
+
+def test_generate_decoding_counts_invalid_answers(small_tasks, tmp_path, gemma_path):
+    out = tmp_path / "run"
+    classifine.train(small_tasks["single_label"], method="sft", model=gemma_path, out=out,
+                     config={**QUICK, "max_steps": 2, "decoding": "generate", "max_new_tokens": 4}, progress=False)
+    preds = classifine.load(out).predict([{"title": "goal", "body": "match"}] * 3)
+    # an untrained tiny model answers gibberish: flagged invalid, never passed off as a label
+    for rec in preds:
+        if rec.get("invalid"):
+            assert len(set(rec["probabilities"].values())) == 1
+        else:
+            assert max(rec["probabilities"].values()) == 1.0
+    assert any(r.get("invalid") for r in preds)
+
+
+def test_qlora_is_refused_without_cuda(small_tasks, tmp_path, gemma_path):
+    with pytest.raises(ConfigError, match="CUDA"):
+        classifine.train(small_tasks["single_label"], method="sft", model=gemma_path, out=tmp_path / "r",
+                         config={**QUICK, "load_in_4bit": True}, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["single_label", "multi_label", "extraction"])
+def test_orpo(small_tasks, tmp_path, gemma_path, kind):
+    out = tmp_path / "run"
+    cfg = {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "eval_rows": 8, "max_length": 384 if kind == "extraction" else 128}
+    if kind == "single_label":  # a multi-task run: the ordinal task is trained into the same model
+        cfg["tasks"] = [str(small_tasks["ordinal"])]
+    run = classifine.train(small_tasks[kind], method="orpo", model=gemma_path, out=out, config=cfg, progress=False)
+    info = run.config["info"]
+    assert 0.0 <= info["rejected_from_own_answers"] <= 1.0 and info["steps"] > 0
+    if kind == "single_label":
+        assert set(info["pairs"]) == {"toy-single_label", "toy-ordinal"}
+        assert (out / "tasks" / "toy-ordinal.yaml").is_file()
+    _check_run(out, kind, run.task.label_names)
+
+
+def test_orpo_pairs_use_the_models_own_wrong_answers(small_tasks, gemma_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from classifine.data import load_examples
+    from classifine.methods.orpo import Config, build_pairs
+    from classifine.prompts import PromptFormat
+    from classifine.task import load_task
+
+    task = load_task(small_tasks["single_label"])
+    ex = load_examples(task, task.data_path("train"))
+    tok = AutoTokenizer.from_pretrained(gemma_path)
+    rows = build_pairs(task, ex, PromptFormat.for_tokenizer(tok), AutoModelForCausalLM.from_pretrained(gemma_path), tok, Config())
+    assert len(rows) == len(ex)
+    for row, gold in zip(rows, ex.labels):
+        assert row["chosen"].startswith(gold) and not row["rejected"].startswith(gold + "<")
+    assert any(r["own"] for r in rows), "an untrained model is wrong often: some rejections are its own answers"
+
+
+def test_pretrain_then_sft(small_tasks, tmp_path):
+    out = tmp_path / "run"
+    run = classifine.train(small_tasks["single_label"], method="pretrain", out=out, progress=False,
+                           config={"vocab_size": 350, "hidden_size": 32, "layers": 2, "heads": 2, "block_size": 32,
+                                   "pretrain_epochs": 2, "sft": {"epochs": 1, "eval_rows": 8, "max_length": 128}})
+    info = run.config["info"]["pretrain"]
+    assert info["parameters"] > 0 and info["validation_perplexity"] > 1 and info["vocab_size"] <= 350
+    meta = json.loads((out / "model" / "generative.json").read_text())
+    assert meta["base_model"].endswith("model/pretrained")
+    _check_run(out, "single_label", run.task.label_names)

@@ -104,3 +104,40 @@ def test_tfidf_on_real_korean_reviews(tmp_path):
     classifine.train(ROOT / "bench" / "tasks" / "ko_nsmc_sentiment.yaml", method="tfidf", out=out,
                      train=tmp_path / "train.csv", test=tmp_path / "test.csv", progress=False)
     assert _metrics(out)["accuracy"] > 0.7
+
+
+@gemma
+def test_sft_gemma_lora_gives_valid_calibrated_labels(tmp_path):
+    out = tmp_path / "run"
+    run = classifine.train(EXAMPLE / "task.yaml", method="sft", model="gemma-3-270m", out=out,
+                           train=_subset(tmp_path, "train", 4), test=_subset(tmp_path, "test", 2),
+                           config={"max_steps": 6, "eval_steps": 3, "batch_size": 4, "max_length": 192, "eval_rows": 6},
+                           progress=False)
+    assert run.config["info"]["prompt_format"] == "chat template"
+    rec = classifine.load(out).predict([{"title": "반도체 수출 3개월 연속 증가", "body": "수출이 늘었다."}])[0]
+    assert rec["label"] in run.task.label_names and sum(rec["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert _metrics(out)["invalid_output"]["rate"] == 0.0
+
+
+@gemma
+@pytest.mark.skipif(not (SHARED / "datasets" / "en_finentity_companies").is_dir(), reason="../shared/datasets is absent")
+def test_sft_gemma_extraction_always_parses(tmp_path):
+    src = SHARED / "datasets" / "en_finentity_companies"
+    pd.read_csv(src / "train.csv", dtype=str, keep_default_na=False).head(24).to_csv(tmp_path / "train.csv", index=False)
+    pd.read_csv(src / "test.csv", dtype=str, keep_default_na=False).head(3).to_csv(tmp_path / "test.csv", index=False)
+    out = tmp_path / "run"
+    classifine.train(ROOT / "bench" / "tasks" / "en_finentity.yaml", method="sft", model="gemma-3-270m", out=out,
+                     train=tmp_path / "train.csv", test=tmp_path / "test.csv",
+                     config={"max_steps": 4, "batch_size": 4, "max_length": 320, "eval_steps": 4}, progress=False)
+    for row in (out / "predictions.jsonl").read_text().splitlines():
+        rec = json.loads(row)
+        assert isinstance(rec["pred"], list) and all(0 <= e["confidence"] <= 1 for e in rec["pred"])
+
+
+def test_zero_shot_smollm2_scores_every_label(tmp_path):
+    from classifine.zeroshot import zero_shot
+
+    m = zero_shot(EXAMPLE / "task.yaml", "smollm2-135m", tmp_path / "base", data=_subset(tmp_path, "test", 3, "en"), progress=False)
+    assert m["n"] == 18 and m["invalid_output"]["rate"] == 0.0
+    rows = [json.loads(x) for x in (tmp_path / "base" / "predictions.jsonl").read_text().splitlines()]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)

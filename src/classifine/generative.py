@@ -170,6 +170,9 @@ class GenerativeScorer:
 
         meta = json.loads((model_dir / META).read_text())
         task = load_task(model_dir.parent / "task.yaml")
+        if meta.get("zero_shot"):  # a base model evaluated without training: nothing saved but the meta
+            path = resolve(meta["base_model"])
+            return cls(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path), meta, task)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         if (model_dir / "merged").is_dir():
             net = AutoModelForCausalLM.from_pretrained(str(model_dir / "merged"), dtype=torch.float32)

@@ -1,0 +1,185 @@
+"""Benchmarks of the generative methods on this CPU (results: bench/results/generative.json; the
+tables go into BENCHMARKS.md). Each phase runs in its own process so its peak memory is its own.
+
+    python bench/generative.py matmul                       # fp32 matmul rate: the efficiency ceiling
+    python bench/generative.py step                         # sft step time at batch 8 x 128 on Gemma 3 270M
+    python bench/generative.py train ko_hate_speech_kocohub --train-rows 1200
+    python bench/generative.py decode ko_hate_speech_kocohub --rows 500
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+RESULTS = ROOT / "bench" / "results" / "generative.json"
+TASKS = {"ko_hate_speech_kocohub": "ko_hate_speech_kocohub.yaml", "id_multilabel_hate_abusive": "id_hate_3class.yaml",
+         "en_finentity_companies": "en_finentity.yaml"}
+SFT = {"epochs": 1, "batch_size": 8, "max_length": 128, "learning_rate": 2e-4, "eval_rows": 150, "logging_steps": 25}
+
+
+def peak_rss_mib() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def record(key: str, value: dict) -> None:
+    value = {**value, "peak_rss_mib": peak_rss_mib(), "load_average": round(os.getloadavg()[0], 2),
+             "when": time.strftime("%Y-%m-%d %H:%M")}
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[key] = value
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, ensure_ascii=False, indent=1))
+    print(json.dumps({key: value}, ensure_ascii=False), flush=True)
+
+
+def matmul() -> None:
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    n, t = 20, time.perf_counter()
+    for _ in range(n):
+        a @ b
+    sec = (time.perf_counter() - t) / n
+    record("matmul_fp32_2048", {"seconds": round(sec, 4), "gflops": round(2 * 2048 ** 3 / sec / 1e9, 1),
+                                "threads": torch.get_num_threads()})
+
+
+def step(full_logits: bool) -> None:
+    import torch
+
+    from classifine.generative import answer_loss, load_causal_lm
+
+    tok, net = load_causal_lm("gemma-3-270m", lora=True)
+    net.train()
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    B, T, A = 8, 128, 6  # answers of 6 tokens: a label or a short JSON object
+    ids = torch.randint(1000, 200000, (B, T))
+    labels = torch.full_like(ids, -100)
+    labels[:, -A:] = ids[:, -A:]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "position_ids": torch.arange(T).repeat(B, 1), "weights": torch.ones(B),
+             "logits_to_keep": 0 if full_logits else A + 1}
+    times = []
+    for i in range(6):
+        t = time.perf_counter()
+        loss, _ = answer_loss(net, dict(batch))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if i >= 1:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - t)
+    sec = sum(times) / len(times)
+    base = net.get_base_model()
+    emb = base.get_input_embeddings().weight.numel()
+    body = sum(p.numel() for p in base.parameters()) - emb  # the tied LM head is counted below
+    positions = B * T if full_logits else B * (A + 1)
+    # forward 2N + backward w.r.t. activations 2N per token (frozen weights get no weight gradient)
+    flops = 4 * body * B * T + 4 * emb * positions
+    record(f"sft_step_gemma270m_b8x128_{'full_logits' if full_logits else 'answer_positions'}",
+           {"seconds_per_step": round(sec, 3), "tokens_per_second": round(B * T / sec, 1),
+            "model_gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(flops / sec / 1e9, 1)})
+
+
+def train(name: str, train_rows: int, test_rows: int, config: dict) -> None:
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    import classifine
+    from classifine.task import load_task
+
+    task = load_task(ROOT / "bench" / "tasks" / TASKS[name])
+    work = Path(os.environ.get("BENCH_WORK", "/tmp/classifine-bench")) / name
+    work.mkdir(parents=True, exist_ok=True)
+    frames = {}
+    for split, n in (("train", train_rows), ("test", test_rows)):
+        df = pd.read_csv(task.data_path(split), dtype=str, keep_default_na=False)
+        if n < len(df):
+            strat = df[task.label_column] if task.kind == "single_label" else None
+            df, _ = train_test_split(df, train_size=n, stratify=strat, random_state=13)
+        df.to_csv(work / f"{split}.csv", index=False)
+        frames[split] = len(df)
+    out = work / "run-sft"
+    t0 = time.time()
+    run = classifine.train(task, method="sft", model="gemma-3-270m", out=out, train=work / "train.csv",
+                           test=work / "test.csv", config={**SFT, **config}, overwrite=True, progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    keep = {k: m[k] for k in ("accuracy", "macro_f1", "exact_match", "precision", "recall", "f1", "n") if k in m}
+    if task.kind == "extraction":  # the same predictions without the confidence filter
+        from classifine import metrics as M
+        from classifine.report import read_predictions
+
+        rows = read_predictions(out / "predictions.jsonl")
+        unfiltered = M.extraction([r["gold"] for r in rows], [r["pred_all"] if "pred_all" in r else r["pred"] for r in rows],
+                                  0.0, task.normalize)
+        keep["exact_match_without_filter"] = unfiltered["exact_match"]
+    else:
+        keep["per_class_f1"] = {k: round(v["f1"], 4) for k, v in m["per_class"].items()}
+    record(f"sft_{name}", {**keep, "train_rows": frames["train"], "test_rows": frames["test"], "config": {**SFT, **config},
+                           "train_seconds": run.config["train_seconds"], "total_seconds": round(time.time() - t0, 1),
+                           "steps": run.config["info"]["steps"], "temperature": run.config["info"].get("temperature"),
+                           "ece_validation": [run.config["info"].get("ece_validation_before"), run.config["info"].get("ece_validation_after")],
+                           "ece_test": m.get("calibration", {}).get("ece"), "run": str(out)})
+
+
+def decode(name: str, rows: int, mode: str, batch: int) -> None:
+    import numpy as np
+
+    from classifine.data import load_examples
+    from classifine.predictor import Predictor
+    from classifine.report import compute_metrics
+    from classifine.predictor import decide
+
+    run = Path(os.environ.get("BENCH_WORK", "/tmp/classifine-bench")) / name / "run-sft"
+    pred = Predictor.load(run)
+    ex = load_examples(pred.task, run.parent / "test.csv")
+    ex = ex.subset(range(min(rows, len(ex))))
+    pred.scorer.decoding = mode
+    pred.scorer.meta["score_batch_size"] = batch
+    t0 = time.time()
+    probs = np.concatenate([pred.predict_proba(ex.texts[i:i + 32]) for i in range(0, len(ex), 32)])
+    sec = time.time() - t0
+    invalid = list(pred.scorer.last_invalid) if mode == "generate" else [False] * len(ex)
+    if mode == "generate":  # last_invalid holds the last chunk only: recompute over all rows
+        invalid = [bool(np.allclose(r, r[0])) for r in probs]
+    labels = decide("single_label", pred.task.label_names, probs, {})
+    labels = ["(invalid)" if bad else lab for lab, bad in zip(labels, invalid)]  # wrong, as in the report
+    m = compute_metrics(pred.task, ex.labels, labels, probs, invalid)
+    record(f"decode_{name}_{mode}_batch{batch}", {"rows": len(ex), "seconds": round(sec, 1), "docs_per_second": round(len(ex) / sec, 2),
+                                                  "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                                                  "invalid_rate": float(np.mean(invalid))})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("phase", choices=["matmul", "step", "train", "decode"])
+    ap.add_argument("dataset", nargs="?")
+    ap.add_argument("--train-rows", type=int, default=1200)
+    ap.add_argument("--test-rows", type=int, default=500)
+    ap.add_argument("--rows", type=int, default=500)
+    ap.add_argument("--mode", default="score", choices=["score", "generate"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--full-logits", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], help="sft settings KEY=VALUE")
+    args = ap.parse_args()
+    if args.phase == "matmul":
+        matmul()
+    elif args.phase == "step":
+        step(args.full_logits)
+    elif args.phase == "train":
+        import yaml
+
+        train(args.dataset, args.train_rows, args.test_rows, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
+    else:
+        decode(args.dataset, args.rows, args.mode, args.batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -278,3 +278,179 @@ def test_ece_curve_counts_sum_to_n_and_ece_is_weighted_gap(seed, bins):
     expected = sum((idx == b).mean() * abs(correct[idx == b].mean() - conf[idx == b].mean())
                    for b in range(bins) if (idx == b).any())
     assert out["ece"] == pytest.approx(expected, abs=1e-9)
+
+
+# --- invalid outputs ---------------------------------------------------------------------------
+
+def test_invalid_output_rate_hand_case():
+    out = M.invalid_output([False, True, False, True, True])
+    assert out == {"n": 5, "invalid": 3, "rate": approx(3 / 5)}
+    assert M.invalid_output([])["rate"] == 0.0
+
+
+# --- extraction: normalisation -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name,expected", [
+    ("Acme Corp.", "Acme"), ("Acme Corp", "Acme"), ("Acme Corporation", "Acme"), ("Acme, Inc.", "Acme"),
+    ("Apple Inc", "Apple"), ("Samsung Electronics Co., Ltd.", "Samsung Electronics"), ("Hooli LLC", "Hooli"),
+    ("Tesco PLC", "Tesco"), ("Siemens AG", "Siemens"), ("Bosch GmbH", "Bosch"), ("Nestlé S.A.", "Nestlé"),
+    ("Philips N.V.", "Philips"), ("㈜카카오", "카카오"), ("(주)카카오", "카카오"), ("주식회사 카카오", "카카오"),
+    ("삼성전자(주)", "삼성전자"), ("삼성전자 주식회사", "삼성전자"),
+    # not legal forms: a word that merely ends in the letters, or a name that is nothing but the form
+    ("Bag", "Bag"), ("Disco", "Disco"), ("Costco", "Costco"), ("AG", "AG"), ("Inc.", "Inc."),
+])
+def test_strip_legal_suffixes(name, expected):
+    assert M.strip_legal_suffixes(name) == expected
+
+
+def test_normalize_steps_are_independent_of_list_order():
+    name = "  ACME \t Widgets   Corp. "
+    assert M.normalize_entity(name, []) == "ACME \t Widgets   Corp."  # only the ends are trimmed
+    assert M.normalize_entity(name, ["whitespace"]) == "ACME Widgets Corp."
+    assert M.normalize_entity(name, ["casefold"]) == "acme \t widgets   corp."
+    full = M.normalize_entity(name, ["casefold", "strip_suffixes", "whitespace"])
+    assert full == "acme widgets"
+    assert M.normalize_entity(name, ["whitespace", "casefold", "strip_suffixes"]) == full
+    assert M.normalize_entity("STRASSE", ["casefold"]) == M.normalize_entity("straße", ["casefold"])
+
+
+# --- extraction: metrics -----------------------------------------------------------------------
+
+def E(name, conf=0.9):
+    return {"name": name, "confidence": conf}
+
+
+def test_extraction_hand_case_with_confidence_filter():
+    gold = [["Acme", "Globex"], [], ["Initech"], ["Hooli"]]
+    pred = [
+        [E("Globex"), E("Acme")],                      # order-free: exact
+        [E("Umbrella", 0.3)],                          # dropped under 0.5: exact (both empty)
+        [E("Initech"), E("Hooli", 0.8)],               # one spurious entity: not exact
+        [E("Hooli", 0.4)],                             # dropped: the gold entity is missed
+    ]
+    out = M.extraction(gold, pred, min_confidence=0.5)
+    assert out["n"] == 4 and out["correct"] == 2 and out["exact_match"] == approx(2 / 4)
+    # kept: Globex, Acme, Initech, Hooli(row 3) -> tp 3 (Acme, Globex, Initech), fp 1, fn 1 (Hooli row 4)
+    assert (out["true_positives"], out["false_positives"], out["false_negatives"]) == (3, 1, 1)
+    assert out["precision"] == approx(3 / 4) and out["recall"] == approx(3 / 4) and out["f1"] == approx(3 / 4)
+    # rows with gold entities: 0, 2, 3 -> only row 0 exact
+    assert out["rows_with_entities"] == 3 and out["correct_with_entities"] == 1
+    assert out["exact_match_with_entities"] == approx(1 / 3)
+
+
+def test_extraction_without_filter_counts_low_confidence_entities():
+    gold = [["Hooli"], []]
+    pred = [[E("Hooli", 0.4)], [E("Umbrella", 0.3)]]
+    assert M.extraction(gold, pred, min_confidence=0.0)["exact_match"] == approx(1 / 2)
+    assert M.extraction(gold, pred, min_confidence=0.5)["exact_match"] == approx(1 / 2)
+    assert M.extraction(gold, pred, min_confidence=0.35)["exact_match"] == approx(2 / 2)
+    # the boundary is inclusive: an entity at exactly min_confidence is kept
+    assert M.extraction([["A"]], [[E("A", 0.5)]], min_confidence=0.5)["exact_match"] == 1.0
+
+
+def test_extraction_normalisation_makes_variants_match():
+    gold = [["Samsung Electronics Co., Ltd."], ["㈜카카오", "LG"], ["Acme Corp"]]
+    pred = [[E("samsung  electronics")], [{"text": "카카오", "confidence": 0.99}, "LG"], [E("ACME")]]
+    raw = M.extraction(gold, pred)
+    assert raw["exact_match"] == approx(0 / 3)
+    assert raw["true_positives"] == 1  # only "LG" matches without normalisation
+    norm = M.extraction(gold, pred, normalize=["casefold", "whitespace", "strip_suffixes"])
+    assert norm["exact_match"] == 1.0 and norm["f1"] == 1.0
+    # casefold alone is not enough for the legal forms
+    assert M.extraction(gold, pred, normalize=["casefold", "whitespace"])["correct"] == 0
+
+
+def test_extraction_duplicates_collapse_and_blank_gold_is_ignored():
+    out = M.extraction([["Acme", "Acme", " "]], [[E("Acme"), E("acme")]], normalize=["casefold"])
+    assert out["exact_match"] == 1.0 and (out["true_positives"], out["false_positives"]) == (1, 0)
+
+
+def test_extraction_rejects_entity_without_name():
+    with pytest.raises(ValueError, match="name"):
+        M.extraction([["A"]], [[{"confidence": 0.9}]])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_extraction_matches_sklearn_multilabel(seed):
+    """Entity sets are multi-label rows over the entity vocabulary: exact match is sklearn's subset
+    accuracy and entity P/R/F1 its micro average."""
+    rng = np.random.default_rng(seed)
+    vocab = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "삼성전자"]
+    gold, pred, kept = [], [], []
+    for _ in range(120):
+        g = [v for v in vocab if rng.random() < 0.25]
+        p = [E(v, float(rng.uniform(0.0, 1.0))) for v in vocab if rng.random() < (0.7 if v in g else 0.15)]
+        gold.append(g)
+        pred.append(p)
+        kept.append([e["name"] for e in p if e["confidence"] >= 0.4])
+    out = M.extraction(gold, pred, min_confidence=0.4)
+    mlb = MultiLabelBinarizer(classes=vocab)
+    Y, P = mlb.fit_transform(gold), mlb.transform(kept)
+    assert out["exact_match"] == approx(skm.accuracy_score(Y, P))
+    p, r, f, _ = skm.precision_recall_fscore_support(Y, P, average="micro", zero_division=0)
+    assert (out["precision"], out["recall"], out["f1"]) == (approx(p), approx(r), approx(f))
+
+
+def test_extraction_calibration_is_over_predicted_entities():
+    gold = [["A"], ["B"]]
+    pred = [[E("A", 0.9), E("X", 0.9)], [E("B", 0.2)]]
+    cal = M.extraction(gold, pred)["calibration"]
+    # bin (0.8, 0.9]: two entities, one right -> |0.5 - 0.9|; bin (0.1, 0.2]: one right -> |1 - 0.2|
+    assert cal["ece"] == approx(2 / 3 * 0.4 + 1 / 3 * 0.8)
+    assert sum(c["n"] for c in cal["curve"]) == 3
+
+
+# --- subsets and confusions --------------------------------------------------------------------
+
+def test_subset_scores_single_label_hand_case():
+    gold = ["econ", "econ_crime", "sport", "econ", "crime"]
+    pred = ["econ_crime", "econ_crime", "econ", "sport", "crime"]
+    s = M.subset_scores("single_label", gold, pred, ["econ", "econ_crime"])
+    # subset rows 0, 1, 3; predicted inside the group: 0, 1 -> recall 2/3; exact label only row 1
+    assert (s["n"], s["found"], s["relevant"]) == (3, 2, 3) and s["recall"] == approx(2 / 3)
+    assert s["correct"] == 1 and s["accuracy"] == approx(1 / 3)
+    # predicted inside the group: rows 0, 1, 2 -> precision 2/3
+    assert s["predicted"] == 3 and s["precision"] == approx(2 / 3)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_subset_recall_matches_sklearn_binary_recall(seed):
+    y_true, y_pred = random_single(seed, invalid=True)
+    group = ["a", "c"]
+    s = M.subset_scores("single_label", y_true, y_pred, group)
+    bt, bp = [t in group for t in y_true], [q in group for q in y_pred]
+    assert s["recall"] == approx(skm.recall_score(bt, bp, zero_division=0))
+    assert s["precision"] == approx(skm.precision_score(bt, bp, zero_division=0))
+    rows = [i for i, t in enumerate(y_true) if t in group]
+    assert s["accuracy"] == approx(skm.accuracy_score([y_true[i] for i in rows], [y_pred[i] for i in rows]))
+
+
+def test_subset_scores_multi_label_hand_case():
+    gold = [["econ", "sport"], ["sport"], ["econ"], []]
+    pred = [["econ"], ["econ"], [], ["econ", "sport"]]
+    s = M.subset_scores("multi_label", gold, pred, ["econ"])
+    # rows with 'econ' in the reference: 0, 2; found in row 0 only; predicted 'econ' in rows 0, 1, 3
+    assert (s["n"], s["relevant"], s["found"], s["predicted"]) == (2, 2, 1, 3)
+    assert s["recall"] == approx(1 / 2) and s["precision"] == approx(1 / 3)
+    assert s["correct"] == 0  # neither row's full label set is right
+
+
+def test_confused_pairs_single_label_match_the_confusion_matrix():
+    y_true, y_pred = random_single(3)
+    pairs = M.confused_pairs(y_true, y_pred, top=100)
+    labels = sorted(set(y_true) | set(y_pred))
+    cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
+    expected = {(labels[i], labels[j]): int(cm[i, j]) for i in range(len(labels)) for j in range(len(labels))
+                if i != j and cm[i, j]}
+    assert {(p["gold"], p["pred"]): p["count"] for p in pairs} == expected
+    counts = [p["count"] for p in pairs]
+    assert counts == sorted(counts, reverse=True)
+    assert M.confused_pairs(y_true, y_pred, top=3) == pairs[:3]
+
+
+def test_confused_pairs_multi_label_hand_case():
+    gold = [["a", "b"], ["a"], ["c"]]
+    pred = [["a", "c"], ["c", "b"], ["c"]]
+    # row 0: missed b, added c -> (b, c); row 1: missed a, added c and b -> (a, c), (a, b)
+    pairs = M.confused_pairs(gold, pred)
+    assert {(p["gold"], p["pred"]): p["count"] for p in pairs} == {("b", "c"): 1, ("a", "c"): 1, ("a", "b"): 1}

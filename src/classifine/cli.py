@@ -119,17 +119,108 @@ def train(
 @app.command("eval")
 @handled
 def eval_cmd(
-    run_dir: Path = typer.Argument(..., help="run directory"),
-    data: Optional[Path] = typer.Option(None, "--data", help="labelled data (default: the run's test file)"),
+    run_dir: Optional[Path] = typer.Argument(None, help="run directory (or use --model and --task for a zero-shot run)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="labelled data (default: the run's or the spec's test file)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="where the report goes (default: the run directory)"),
+    model: Optional[str] = typer.Option(None, "--model", help="zero-shot: evaluate this causal LM without training"),
+    task: Optional[Path] = typer.Option(None, "--task", help="zero-shot: the task spec"),
+    decoding: str = typer.Option("score", "--decoding", help="zero-shot: score (label scoring) or generate"),
+    top: int = typer.Option(10, "--top", min=0, help="most confident mistakes and most confused pairs to list"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="zero-shot: replace an existing output folder"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Evaluate a run: metrics.json, report.md, confusion.png and predictions.jsonl in the run directory."""
+    """Evaluate a run (predictions.jsonl, metrics.json, report.md, report.html, plots), or a base
+    model zero-shot with --model and --task (the "base" row to compare fine-tuned runs against)."""
     _setup_logging(quiet)
-    from .training import evaluate_run
+    if model is not None or task is not None:
+        if model is None or task is None or run_dir is not None:
+            raise ConfigError("zero-shot evaluation takes --model and --task (and no run directory)",
+                              ["e.g. classifine eval --model smollm2-135m --task task.yaml --out runs/base"])
+        if decoding not in ("score", "generate"):
+            raise ConfigError(f"unknown decoding {decoding!r}", ["use score or generate"])
+        from .task import load_task
+        from .zeroshot import zero_shot
 
-    metrics = evaluate_run(run_dir, data, progress=not quiet)
+        spec = load_task(task)
+        target = out_dir or Path("runs") / f"{spec.name}-zeroshot-{Path(model).name}"
+        metrics = zero_shot(spec, model, target, data, decoding=decoding, overwrite=overwrite, progress=not quiet)
+        _summary(metrics, f"zero-shot {model} on {metrics['data']}")
+        out.print(f"report: {target / 'report.md'}  {target / 'report.html'}")
+        return
+    if run_dir is None:
+        raise ConfigError("nothing to evaluate", ["pass a run directory, or --model and --task for a zero-shot run"])
+    from .report import evaluate_run
+
+    metrics = evaluate_run(run_dir, data, out_dir=out_dir, progress=not quiet, top=top)
     _summary(metrics, f"{run_dir} on {metrics['data']}")
-    out.print(f"report: {run_dir / 'report.md'}")
+    target = out_dir or run_dir
+    out.print(f"report: {target / 'report.md'}  {target / 'report.html'}")
+
+
+def _emit(result: dict, output: Optional[Path], as_json: bool) -> None:
+    """Markdown (or JSON) to stdout or a file; printed plainly so it can be pasted into a card."""
+    import json
+
+    from .compare import to_markdown
+    from .runs import atomic_write_text
+
+    text = json.dumps(result, ensure_ascii=False, indent=2) + "\n" if as_json else to_markdown(result)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+        out.print(f"written: {output}")
+
+
+@app.command()
+@handled
+def compare(
+    runs: list[Path] = typer.Argument(..., help="run directories; the first is the base the others are compared to"),
+    align_on: Optional[str] = typer.Option(None, "--align-on", help="join runs evaluated on different files on this "
+                                           "predictions.jsonl column (an id, or 'text') instead of refusing"),
+    leaderboard_mode: bool = typer.Option(False, "--leaderboard", help="rank the runs of one task in one table instead"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table to a file (Markdown)"),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of Markdown"),
+):
+    """Compare runs on the same data: overall, per slice, per subset and per class, Δ in percentage points."""
+    from . import compare as C
+
+    if leaderboard_mode and align_on:
+        raise ConfigError("--align-on does not apply to --leaderboard", ["a leaderboard needs every run evaluated on the same file"])
+    _emit(C.leaderboard(runs) if leaderboard_mode else C.compare(runs, align_on=align_on), output, as_json)
+
+
+@app.command()
+@handled
+def leaderboard(
+    dirs: list[Path] = typer.Argument(..., help="a folder of runs (e.g. runs/), or run folders"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table to a file (Markdown)"),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of Markdown"),
+):
+    """Rank every evaluated run of one task: quality next to training time, docs/s and model size."""
+    from .compare import leaderboard as board
+
+    _emit(board(dirs), output, as_json)
+
+
+@app.command()
+@handled
+def card(
+    run_dir: Path = typer.Argument(..., help="an evaluated run directory"),
+    base: Optional[Path] = typer.Option(None, "--base", help="base run to compare with (e.g. the un-tuned model)"),
+    align_on: Optional[str] = typer.Option(None, "--align-on", help="with --base: join on this column (see compare)"),
+    license: str = typer.Option("other", "--license", help="license id for the card's metadata, e.g. apache-2.0"),
+    language: list[str] = typer.Option([], "--language", help="language code (repeatable); default: the 'lang' slice"),
+    name: Optional[str] = typer.Option(None, "--name", help="model name (default: the run folder's name)"),
+    usage_path: Optional[str] = typer.Option(None, "--usage-path", help="path the usage example loads (default: the run)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="default: RUN/MODEL_CARD.md"),
+):
+    """Write a Hugging Face model card (MODEL_CARD.md) from the run's metrics and configuration."""
+    from .card import write_card
+
+    path = write_card(run_dir, output=output, base=base, align_on=align_on, license=license,
+                      languages=language or None, name=name, usage_path=usage_path)
+    out.print(f"model card: {path}")
 
 
 @app.command()
@@ -139,14 +230,50 @@ def predict(
     input_path: Path = typer.Option(..., "--input", "-i", help="CSV, JSONL or Parquet with the task's text fields"),
     output_path: Path = typer.Option(..., "--output", "-o", help=".jsonl or .csv"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
+    overwrite: bool = typer.Option(False, "--overwrite", help="discard an interrupted run's output instead of resuming it"),
+    sync_seconds: float = typer.Option(2.0, "--sync-seconds", min=0, help="how often finished rows are made durable"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Predict a file in streaming batches: label + probability of every label per record."""
+    """Predict a file in streaming batches: label + probability of every label per record.
+
+    Finished rows are kept when the run is interrupted; re-running the same command continues."""
     _setup_logging(quiet)
     from .predictor import predict_file
 
-    info = predict_file(run_dir, input_path, output_path, batch_size=batch_size, progress=not quiet)
-    out.print(f"{info['records']} records → {info['output']} ({info['records_per_second']} rec/s)")
+    info = predict_file(run_dir, input_path, output_path, batch_size=batch_size, progress=not quiet, overwrite=overwrite,
+                        sync_seconds=sync_seconds)
+    resumed = f", resumed after {info['resumed_from']}" if info.get("resumed_from") else ""
+    out.print(f"{info['records']} records → {info['output']} ({info['records_per_second']} rec/s{resumed})")
+
+
+@app.command()
+@handled
+def serve(
+    run_dir: Path = typer.Argument(..., help="run directory"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (0.0.0.0 exposes it to the network)"),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535),
+    token: Optional[str] = typer.Option(None, "--token", envvar="CLASSIFINE_TOKEN", show_envvar=True,
+                                        help="require 'Authorization: Bearer TOKEN' on /v1/* and /metrics"),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="records per model call (micro-batch)"),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="how long a batch waits for more requests"),
+    no_batching: bool = typer.Option(False, "--no-batching", help="one model call per request"),
+    max_records: int = typer.Option(128, "--max-records", help="records per request (more: 413)"),
+    max_chars: int = typer.Option(10_000, "--max-chars", help="characters per text field (more: 422)"),
+    backend: str = typer.Option("torch", "--backend", help="torch | vllm (generative runs on a CUDA GPU)"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="vllm only: allow the model's own code"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads for the model (default: torch's)"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+):
+    """Serve a run over HTTP: POST /v1/classify, GET /v1/task, /healthz, /metrics, playground at /."""
+    _setup_logging(quiet=False)
+    logging.getLogger("classifine.serve").setLevel(logging.INFO)
+    from .serve import ServeSettings
+    from .serve import serve as run_server
+
+    settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batching=not no_batching,
+                             max_records=max_records, max_chars=max_chars, token=token)
+    run_server(run_dir, host=host, port=port, settings=settings, backend=backend,
+               trust_remote_code=trust_remote_code, log_level=log_level, threads=threads)
 
 
 @app.command()

@@ -5,6 +5,8 @@ support scores 0, and macro averages run over the task's labels, not only the la
 """
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -126,3 +128,141 @@ def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bo
         curve.append({"bin": b, "lower": float(edges[b]), "upper": float(edges[b + 1]),
                       "confidence": avg, "accuracy": acc, "n": int(mask.sum())})
     return {"ece": float(ece), "bins": bins, "curve": curve}
+
+
+def invalid_output(invalid: Sequence[bool]) -> dict:
+    """Share of rows whose raw output could not be read as an answer (free generation only; label
+    scoring and classifier heads cannot produce one). Such rows are scored as wrong elsewhere."""
+    flags = [bool(x) for x in invalid]
+    n, bad = len(flags), sum(flags)
+    return {"n": n, "invalid": bad, "rate": bad / n if n else 0.0}
+
+
+# --- extraction --------------------------------------------------------------------------------
+
+# Legal forms that users do not want to count as a different company ("Acme Corp." = "Acme").
+# Latin forms are stripped only as trailing words; Korean markers also lead ("㈜카카오", "주식회사 카카오").
+LEGAL_SUFFIXES = ("incorporated", "inc", "corporation", "corp", "company", "co", "limited", "ltd", "llc", "llp", "plc",
+                  "ag", "se", "gmbh", "kgaa", "s.a", "sa", "n.v", "nv", "b.v", "bv", "s.p.a", "spa", "k.k", "pte", "pty")
+_LATIN_SUFFIX = re.compile(r"(?:^|[\s,&])(?:" + "|".join(re.escape(s) for s in LEGAL_SUFFIXES) + r")\.?$", re.IGNORECASE)
+_KO_MARK = r"(?:㈜|\(\s*주\s*\)|（\s*주\s*）|주식회사|유한회사)"
+_KO_LEADING, _KO_TRAILING = re.compile(rf"^{_KO_MARK}\s*"), re.compile(rf"\s*{_KO_MARK}$")
+_SPACE = re.compile(r"\s+")
+
+
+def strip_legal_suffixes(name: str) -> str:
+    """Remove legal forms, repeatedly ("Samsung Electronics Co., Ltd." → "Samsung Electronics");
+    a name that is nothing but a legal form is kept as it is."""
+    current = name.strip()
+    while True:
+        nxt = _KO_TRAILING.sub("", _KO_LEADING.sub("", current))
+        nxt = _LATIN_SUFFIX.sub("", nxt).rstrip(" ,&")
+        if not nxt or nxt == current:
+            return current
+        current = nxt
+
+
+def normalize_entity(name: str, steps: Sequence[str] = ()) -> str:
+    """The spec's ``normalize`` steps, always applied in the order whitespace → suffixes → casefold
+    (suffix matching needs collapsed spaces; the order the user listed them in must not matter)."""
+    out = str(name).strip()
+    if "whitespace" in steps:
+        out = _SPACE.sub(" ", out)
+    if "strip_suffixes" in steps:
+        out = strip_legal_suffixes(out)
+    if "casefold" in steps:
+        out = out.casefold()
+    return out
+
+
+def _entity(e) -> tuple[str, float]:
+    if isinstance(e, str):  # an entity without a confidence is kept by any min_confidence
+        return e, 1.0
+    name = e.get("name", e.get("text"))
+    if name is None:
+        raise ValueError(f"entity {e!r} has neither 'name' nor 'text'")
+    conf = e.get("confidence")
+    return str(name), 1.0 if conf is None else float(conf)
+
+
+def entity_sets(gold_row: Sequence[str], pred_row: Sequence, min_confidence: float = 0.0,
+                normalize: Sequence[str] = ()) -> tuple[set[str], set[str], list[tuple[str, float]]]:
+    """One row: the normalised gold set, the kept predicted set, and every predicted (name, confidence)."""
+    g = {normalize_entity(x, normalize) for x in gold_row if str(x).strip()}
+    scored = [(normalize_entity(name, normalize), c) for name, c in map(_entity, pred_row or [])]
+    return g, {name for name, c in scored if c >= min_confidence and name}, scored
+
+
+def extraction(gold: Sequence[Sequence[str]], pred: Sequence[Sequence], min_confidence: float = 0.0,
+               normalize: Sequence[str] = ()) -> dict:
+    """Entity-set exact match and micro entity P/R/F1. ``pred`` rows are lists of
+    ``{"name" | "text": str, "confidence": float}`` (or bare strings); entities under
+    ``min_confidence`` are dropped, names normalised, and each row compared as a set (order-free,
+    duplicates collapse). Calibration is over predicted entities: confidence vs "is in the gold set"."""
+    n = len(gold)
+    tp = fp = fn = exact = with_ents = exact_with = 0
+    conf_all, hit_all = [], []
+    for g_row, p_row in zip(gold, pred):
+        g, p, scored = entity_sets(g_row, p_row, min_confidence, normalize)
+        for name, c in scored:
+            conf_all.append(c)
+            hit_all.append(name in g)
+        tp, fp, fn = tp + len(g & p), fp + len(p - g), fn + len(g - p)
+        exact += g == p
+        if g:
+            with_ents += 1
+            exact_with += g == p
+    prec, rec, f1 = _prf(np.array([tp], float), np.array([fp], float), np.array([fn], float))
+    out = {"n": n, "exact_match": exact / n if n else 0.0, "correct": exact,
+           "precision": float(prec[0]), "recall": float(rec[0]), "f1": float(f1[0]),
+           "true_positives": tp, "false_positives": fp, "false_negatives": fn,
+           "rows_with_entities": with_ents, "correct_with_entities": exact_with,
+           "exact_match_with_entities": exact_with / with_ents if with_ents else 0.0,
+           "min_confidence": float(min_confidence), "normalize": list(normalize)}
+    if conf_all:
+        out["calibration"] = expected_calibration_error(conf_all, hit_all)
+    return out
+
+
+# --- breakdowns --------------------------------------------------------------------------------
+
+def subset_scores(kind: str, gold: Sequence, pred: Sequence, label_in: Sequence[str]) -> dict:
+    """A named subset (rows whose reference is in ``label_in``, e.g. all economic categories):
+    ``recall`` = share of those rows predicted inside the group (any of its labels; for
+    multi_label: share of the group's reference labels that were predicted), ``precision`` = the
+    converse over predictions, ``accuracy`` = exact answers on the subset's rows."""
+    group = set(label_in)
+
+    def members(y):
+        return set(y) & group if isinstance(y, (list, tuple, set)) else ({y} & group)
+
+    rows = [i for i, g in enumerate(gold) if members(g)]
+    if kind == "multi_label":
+        relevant = sum(len(members(gold[i])) for i in range(len(gold)))
+        found = sum(len(members(gold[i]) & set(pred[i])) for i in range(len(gold)))
+        predicted = sum(len(members(p)) for p in pred)
+        correct = sum(1 for i in rows if set(gold[i]) == set(pred[i]))
+    else:
+        relevant = len(rows)
+        found = sum(1 for i in rows if members(pred[i]))
+        predicted = sum(1 for p in pred if members(p))
+        correct = sum(1 for i in rows if gold[i] == pred[i])
+    p, r, f = _prf(np.array([found], float), np.array([predicted - found], float), np.array([relevant - found], float))
+    return {"labels": list(label_in), "n": len(rows), "correct": correct,
+            "accuracy": correct / len(rows) if rows else 0.0,
+            "relevant": relevant, "found": found, "predicted": predicted,
+            "recall": float(r[0]), "precision": float(p[0]), "f1": float(f[0])}
+
+
+def confused_pairs(gold: Sequence, pred: Sequence, top: int = 10) -> list[dict]:
+    """Most frequent (reference, predicted) pairs among mistakes. For list-valued rows (multi_label)
+    each missed reference label pairs with each wrongly added label of the same row."""
+    counts: Counter = Counter()
+    for g, p in zip(gold, pred):
+        if isinstance(g, (list, tuple)):
+            missed, added = [x for x in g if x not in p], [x for x in p if x not in g]
+            counts.update((a, b) for a in missed for b in added)
+        elif g != p:
+            counts[(g, p)] += 1
+    pairs = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [{"gold": a, "pred": b, "count": c} for (a, b), c in pairs[:top]]

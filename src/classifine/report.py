@@ -1,9 +1,22 @@
-"""Evaluate a run on labelled data and write the artefacts of DESIGN.md §6: predictions.jsonl,
-metrics.json, report.md and confusion.png (all atomic)."""
+"""Evaluate a run on labelled data and write the artefacts of DESIGN.md §6 (all atomic):
+predictions.jsonl, metrics.json, report.md, report.html, confusion.png and reliability.png.
+
+The numbers are assembled once (``assemble``) from plain per-row lists, both when a predictor is
+evaluated and when ``compare`` rebuilds them from predictions.jsonl, so a comparison can never
+disagree with the reports it compares.
+
+Contract with generative methods (free generation can fail to produce an answer):
+- a classification scorer that can fail sets ``last_invalid`` (one bool per text) on every
+  ``predict_proba`` call; scorers without the attribute report no invalid-output rate;
+- extraction goes through ``Predictor.predict_texts``: ``entities`` and ``below_min_confidence``
+  (lists of ``{"name", "confidence"}``) and an optional ``invalid`` flag per text.
+An invalid row is scored as wrong: no label (single/ordinal), no labels (multi), no entities.
+"""
 from __future__ import annotations
 
-import io
+import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -13,6 +26,13 @@ from . import metrics as M
 from .data import Examples
 from .predictor import Predictor, decide
 from .runs import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+INVALID = "(invalid)"
+HEADLINE = {"single_label": "accuracy", "ordinal": "accuracy", "multi_label": "subset_accuracy",
+            "extraction": "exact_match"}
+# keys a predictions.jsonl row uses itself; data columns of the same name are not copied
+RESERVED = ("row", "text", "gold", "pred", "confidence", "probabilities", "invalid")
+SNIPPET = 160
 
 
 def batched_proba(predictor: Predictor, texts: list[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
@@ -24,115 +44,254 @@ def batched_proba(predictor: Predictor, texts: list[str], batch_size: int = 256,
     return np.concatenate(parts) if parts else np.zeros((0, len(predictor.labels)))
 
 
-def compute_metrics(task, gold: list, pred: list, probs: np.ndarray) -> dict:
+def _score(predictor: Predictor, texts: list[str], batch_size: int = 256, progress: bool = True):
+    """(pred, probs or None, invalid flags or None) for every text."""
+    from tqdm.auto import tqdm
+
+    task = predictor.task
+    starts = tqdm(range(0, len(texts), batch_size), desc="evaluate", unit="batch", disable=not progress)
+    if task.kind == "extraction":
+        outs = [o for i in starts for o in predictor.predict_texts(texts[i:i + batch_size])]
+        invalid = [bool(o.get("invalid", False)) for o in outs]
+        # candidates under min_confidence too: the metrics apply the cut-off, calibration needs them all
+        pred = [[] if bad else list(o.get("entities", [])) + list(o.get("below_min_confidence", []))
+                for o, bad in zip(outs, invalid)]
+        return pred, None, invalid if any(invalid) or any("invalid" in o for o in outs) else None
+    parts, flags = [], []
+    for i in starts:
+        batch = texts[i:i + batch_size]
+        parts.append(predictor.predict_proba(batch))
+        last = getattr(predictor.scorer, "last_invalid", None)  # set by generative scorers per call
+        flags.append(list(last) if last is not None and len(last) == len(batch) else None)
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(task.labels)))
+    invalid = [bool(x) for f in flags for x in f] if flags and all(f is not None for f in flags) else None
+    pred = decide(task.kind, task.label_names, probs, predictor.decision)
+    if invalid:
+        empty = [] if task.kind == "multi_label" else INVALID
+        pred = [empty if bad else p for p, bad in zip(pred, invalid)]
+    return pred, probs, invalid
+
+
+def compute_metrics(task, gold: list, pred: list, probs: np.ndarray | None = None, invalid: list | None = None) -> dict:
+    """The kind's metrics, calibration where probabilities exist, and the invalid-output rate."""
     labels = task.label_names
-    if task.kind == "multi_label":
-        ranked = [[labels[i] for i in np.argsort(-row, kind="stable")] for row in probs]
+    if task.kind == "extraction":
+        out = M.extraction(gold, pred, task.min_confidence, task.normalize)
+    elif task.kind == "multi_label":
+        ranked = None if probs is None else [[labels[i] for i in np.argsort(-row, kind="stable")] for row in probs]
         out = M.multi_label(gold, pred, labels, ranked_pred=ranked)
-        flat_conf = probs.reshape(-1)
-        flat_hit = np.array([[lab in g for lab in labels] for g in gold]).reshape(-1)
-        out["calibration"] = M.expected_calibration_error(flat_conf, flat_hit)
-        return out
-    if task.kind == "ordinal":
-        out = M.ordinal(gold, pred, labels, threshold=None if task.threshold is None else str(task.threshold))
+        if probs is not None:
+            hit = np.array([[lab in g for lab in labels] for g in gold]).reshape(-1)
+            out["calibration"] = M.expected_calibration_error(probs.reshape(-1), hit)
     else:
-        out = M.single_label(gold, pred, labels)
-    out["calibration"] = M.expected_calibration_error(probs.max(1), [g == p for g, p in zip(gold, pred)])
+        if task.kind == "ordinal":
+            out = M.ordinal(gold, pred, labels, threshold=None if task.threshold is None else str(task.threshold))
+        else:
+            out = M.single_label(gold, pred, labels)
+        if probs is not None and len(gold):
+            out["calibration"] = M.expected_calibration_error(probs.max(1), [g == p for g, p in zip(gold, pred)])
+    if invalid is not None:
+        out["invalid_output"] = M.invalid_output(invalid)
     return out
 
 
-def evaluate(predictor: Predictor, examples: Examples, out_dir: Path | None = None, progress: bool = True) -> dict:
-    """Predict ``examples``, compute the kind's metrics and (with ``out_dir``) write the report files."""
-    task = predictor.task
-    t0 = time.time()
-    probs = batched_proba(predictor, examples.texts, progress=progress)
-    seconds = time.time() - t0
-    pred = decide(task.kind, task.label_names, probs, predictor.decision)
-    result = compute_metrics(task, examples.labels, pred, probs)
-    result["data"] = examples.source
-    result["prediction_seconds"] = round(seconds, 3)
-    result["docs_per_second"] = round(len(examples) / seconds, 2) if seconds > 0 else None
-    result["method"] = predictor.run.method
-    result["model"] = predictor.run.config.get("model")
-    if out_dir is not None:
-        write_report(Path(out_dir), predictor, examples, pred, probs, result)
+def summary(task, m: dict) -> dict:
+    """The compact cell of a slice: the headline rate with its counts, plus the kind's second metrics."""
+    keep = {"single_label": ("macro_f1",), "ordinal": ("macro_f1", "mae"), "multi_label": ("micro_f1", "macro_f1"),
+            "extraction": ("precision", "recall", "f1")}[task.kind]
+    head = HEADLINE[task.kind]
+    out = {"n": m["n"], "correct": m["correct"], head: m[head], **{k: m[k] for k in keep}}
+    if "macro_f1" in out:
+        # within a slice, a label that never occurs (rating 1 has no positive reviews) would count as
+        # F1 0 and halve the average: average over the labels the slice's references contain
+        present = [c["f1"] for c in m["per_class"].values() if c["support"]]
+        out["macro_f1"] = float(np.mean(present)) if present else 0.0
+    return out
+
+
+def row_is_correct(task, gold, pred) -> bool:
+    if task.kind == "extraction":
+        g, p, _ = M.entity_sets(gold, pred, task.min_confidence, task.normalize)
+        return g == p
+    return set(gold) == set(pred) if task.kind == "multi_label" else gold == pred
+
+
+def row_confidence(task, gold, pred, probs_row) -> float | None:
+    """How sure the model was of its (wrong) answer: the predicted label's probability; for
+    multi_label the most confident wrong decision; for extraction the most confident spurious entity."""
+    kind, labels = task.kind, task.label_names
+    if kind == "extraction":
+        g, _, scored = M.entity_sets(gold, pred, task.min_confidence, task.normalize)
+        wrong = [c for name, c in scored if name not in g and c >= task.min_confidence]
+        return max(wrong) if wrong else None
+    if probs_row is None:
+        return None
+    if kind == "multi_label":
+        wrong = [probs_row[i] if lab in pred else 1 - probs_row[i] for i, lab in enumerate(labels)
+                 if (lab in pred) != (lab in gold)]
+        return float(max(wrong)) if wrong else None
+    return float(probs_row[labels.index(pred)]) if pred in labels else None
+
+
+def fingerprint(texts: list[str], gold: list) -> dict:
+    """Identifies the evaluation data (texts and references, in order), so that compare can refuse
+    runs evaluated on different rows."""
+    both = hashlib.sha256(json.dumps([[t, g] for t, g in zip(texts, gold)], ensure_ascii=False).encode()).hexdigest()
+    only = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
+    return {"sha256": both, "texts_sha256": only, "rows": len(texts)}
+
+
+def assemble(task, texts: list[str], gold: list, pred: list, probs: np.ndarray | None, invalid: list | None,
+             columns: dict[str, list[str]], top: int = 10) -> dict:
+    """Every number of a report: overall metrics, slices, subsets, confusions, mistakes, fingerprint."""
+    result = {"task": task.name, "kind": task.kind, **compute_metrics(task, gold, pred, probs, invalid)}
+    slices = {}
+    for col in task.slices:
+        if col not in columns:
+            continue
+        groups: dict[str, list[int]] = {}
+        for i, v in enumerate(columns[col]):
+            groups.setdefault(v if v != "" else "(blank)", []).append(i)
+        slices[col] = {}
+        for value, idx in sorted(groups.items(), key=_slice_order(groups)):
+            sub_probs = None if probs is None else probs[idx]
+            m = compute_metrics(task, [gold[i] for i in idx], [pred[i] for i in idx], sub_probs,
+                                None if invalid is None else [invalid[i] for i in idx])
+            slices[col][value] = summary(task, m)
+    result["slices"] = slices
+    # a slice the spec names but the evaluation file lacks is said, not silently left out
+    result["missing_slices"] = [c for c in task.slices if c not in columns]
+    if task.kind != "extraction":
+        result["subsets"] = {name: M.subset_scores(task.kind, gold, pred, s.label_in) for name, s in task.subsets.items()}
+        result["confused_pairs"] = M.confused_pairs(gold, pred, top)
+    wrong = [(row_confidence(task, g, p, None if probs is None else probs[i]), i)
+             for i, (g, p) in enumerate(zip(gold, pred)) if not row_is_correct(task, g, p)]
+    # most confident first; mistakes without a confidence (e.g. only missed entities) last
+    wrong.sort(key=lambda ci: (ci[0] is None, -(ci[0] or 0.0), ci[1]))
+    result["mistakes"] = [{"row": i + 1, "text": _snippet(texts[i]), "gold": gold[i], "pred": pred[i],
+                           "confidence": None if c is None else round(c, 4),
+                           **({"invalid": True} if invalid and invalid[i] else {})} for c, i in wrong[:top]]
+    result["mistakes_total"] = len(wrong)
+    result["fingerprint"] = fingerprint(texts, gold)
     return result
 
 
-def write_report(out_dir: Path, predictor: Predictor, examples: Examples, pred: list, probs: np.ndarray, result: dict) -> None:
+def _slice_order(groups: dict[str, list[int]]):
+    """Numbers (ratings) and dates (years, months) read best in their own order; anything else
+    (languages, domains) largest group first."""
+    values = [v for v in groups if v != "(blank)"]
+    try:
+        [float(v) for v in values]
+        return lambda kv: (kv[0] == "(blank)", float(kv[0]) if kv[0] != "(blank)" else 0.0)
+    except ValueError:
+        pass
+    if all(re.fullmatch(r"\d{4}([-./]\d{1,2}){0,2}", v) for v in values):
+        return lambda kv: (kv[0] == "(blank)", kv[0])
+    return lambda kv: (-len(kv[1]), kv[0])
+
+
+def _snippet(text: str) -> str:
+    flat = " / ".join(line.strip() for line in text.splitlines() if line.strip())
+    return flat if len(flat) <= SNIPPET else flat[:SNIPPET - 1] + "…"
+
+
+def data_columns(task, examples: Examples) -> dict[str, list[str]]:
+    """Columns copied into predictions.jsonl: every column except the text fields and the label
+    (ids for ``compare --align-on``, slice columns)."""
+    skip = set(task.text) | {task.label_column} | set(RESERVED)
+    return {c: ["" if v is None else str(v) for v in examples.frame[c].tolist()]
+            for c in examples.frame.columns if c not in skip}
+
+
+def evaluate(predictor: Predictor, examples: Examples, out_dir: Path | None = None, progress: bool = True,
+             top: int = 10) -> dict:
+    """Predict ``examples``, compute every number and (with ``out_dir``) write the report files."""
     task = predictor.task
+    t0 = time.time()
+    pred, probs, invalid = _score(predictor, examples.texts, progress=progress)
+    seconds = time.time() - t0
+    columns = data_columns(task, examples)
+    result = assemble(task, examples.texts, examples.labels, pred, probs, invalid, columns, top=top)
+    result.update({
+        "data": examples.source, "prediction_seconds": round(seconds, 3),
+        "docs_per_second": round(len(examples) / seconds, 2) if seconds > 0 else None,
+        "method": predictor.run.method, "model": predictor.run.config.get("model"),
+        "run": str(predictor.run.dir), "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    if out_dir is not None:
+        write_report(Path(out_dir), task, examples.texts, examples.labels, pred, probs, invalid, columns, result)
+    return result
+
+
+def prediction_rows(task, texts, gold, pred, probs, invalid, columns) -> list[dict]:
     rows = []
-    for i, (text, gold, p, row) in enumerate(zip(examples.texts, examples.labels, pred, probs)):
-        rec = {"row": i + 1, "text": text, "gold": gold, "pred": p,
-               "probabilities": {lab: round(float(v), 6) for lab, v in zip(task.label_names, row)}}
-        for col in task.slices:
-            if col in examples.frame.columns:
-                rec[col] = str(examples.frame[col].iloc[i])
-        rows.append(json.dumps(rec, ensure_ascii=False))
-    atomic_write_text(out_dir / "predictions.jsonl", "\n".join(rows) + "\n")
+    for i, (text, g, p) in enumerate(zip(texts, gold, pred)):
+        rec = {"row": i + 1, "text": text, "gold": g, "pred": p}
+        if probs is not None:
+            rec["confidence"] = round(float(probs[i].max()), 6)
+            rec["probabilities"] = {lab: round(float(v), 6) for lab, v in zip(task.label_names, probs[i])}
+        if invalid is not None:
+            rec["invalid"] = bool(invalid[i])
+        rec.update({c: vals[i] for c, vals in columns.items()})
+        rows.append(rec)
+    return rows
+
+
+def write_report(out_dir: Path, task, texts, gold, pred, probs, invalid, columns, result: dict) -> None:
+    from .render import confusion_png, reliability_png, render_html, render_markdown
+
+    rows = prediction_rows(task, texts, gold, pred, probs, invalid, columns)
+    atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    images = {}
+    if "confusion_matrix" in result:
+        images["confusion"] = confusion_png(result["confusion_matrix"])
+        atomic_write_bytes(out_dir / "confusion.png", images["confusion"])
+    if result.get("calibration", {}).get("curve"):
+        images["reliability"] = reliability_png(result["calibration"])
+        atomic_write_bytes(out_dir / "reliability.png", images["reliability"])
+    # stale plots of an earlier evaluation must not sit next to a report that does not show them
+    for name in ("confusion", "reliability"):
+        if name not in images:
+            (out_dir / f"{name}.png").unlink(missing_ok=True)
     atomic_write_json(out_dir / "metrics.json", result)
-    if "confusion_matrix" in result:
-        atomic_write_bytes(out_dir / "confusion.png", confusion_png(result["confusion_matrix"]))
-    atomic_write_text(out_dir / "report.md", render_markdown(predictor, result))
+    atomic_write_text(out_dir / "report.md", render_markdown(task, result, images))
+    atomic_write_text(out_dir / "report.html", render_html(task, result, images))
 
 
-def confusion_png(cm: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels, m = cm["labels"], np.array(cm["matrix"])
-    size = max(4.0, 0.7 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("reference")
-    top = m.max() if m.size else 0
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > top / 2 else "black")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+def read_predictions(path: Path) -> list[dict]:
+    rows = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
+def assemble_from_rows(task, rows: list[dict], top: int = 10) -> dict:
+    """Rebuild a report's numbers from predictions.jsonl rows (what compare uses)."""
+    texts = [r["text"] for r in rows]
+    gold = [r["gold"] for r in rows]
+    pred = [r["pred"] for r in rows]
+    probs = None
+    if rows and all("probabilities" in r for r in rows):
+        probs = np.array([[r["probabilities"][lab] for lab in task.label_names] for r in rows], dtype=np.float64)
+    invalid = [bool(r.get("invalid", False)) for r in rows] if any("invalid" in r for r in rows) else None
+    columns = {c: [str(r.get(c, "")) for r in rows] for c in task.slices if any(c in r for r in rows)}
+    return assemble(task, texts, gold, pred, probs, invalid, columns, top=top)
 
 
-def render_markdown(predictor: Predictor, result: dict) -> str:
-    task = predictor.task
-    lines = [f"# Evaluation of `{task.name}`", "",
-             f"- method: `{result['method']}`, model: `{result.get('model') or '-'}`",
-             f"- data: `{result['data']}` ({result['n']} rows)",
-             f"- prediction speed: {result['docs_per_second']} docs/s", "", "## Overall", "",
-             "| metric | value |", "| --- | --- |"]
-    keys = (["subset_accuracy", "top1_exact_match", "micro_f1", "macro_f1"] if task.kind == "multi_label"
-            else ["accuracy", "macro_f1", "weighted_f1", "micro_f1", "macro_precision", "macro_recall"])
-    if task.kind == "ordinal":
-        keys.append("mae")
-    for k in keys:
-        if k in result:
-            v = result[k]
-            lines.append(f"| {k} | {v:.3f} |" if k == "mae" else
-                         f"| {k} | {_pct(v)}" + (f" ({result['correct']}/{result['n']})" if k in ("accuracy", "subset_accuracy") else "") + " |")
-    if "binary_at_threshold" in result:
-        b = result["binary_at_threshold"]
-        lines.append(f"| binary F1 (≥ {b['threshold']}) | {_pct(b['f1'])} |")
-    if "calibration" in result:
-        lines.append(f"| ECE | {result['calibration']['ece']:.4f} |")
-    lines += ["", "## Per class", "", "| label | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
-    for lab, r in result["per_class"].items():
-        lines.append(f"| {lab} | {_pct(r['precision'])} | {_pct(r['recall'])} | {_pct(r['f1'])} | {r['support']} |")
-    if "confusion_matrix" in result:
-        cm = result["confusion_matrix"]
-        lines += ["", "## Confusion matrix (rows: reference, columns: predicted)", "", "![confusion](confusion.png)", "",
-                  "| | " + " | ".join(cm["labels"]) + " |", "| --- " * (len(cm["labels"]) + 1) + "|"]
-        for lab, row in zip(cm["labels"], cm["matrix"]):
-            lines.append(f"| **{lab}** | " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, out_dir: str | Path | None = None,
+                 progress: bool = True, top: int = 10) -> dict:
+    """``classifine eval``: evaluate a finished run on ``data`` (default: the test file it was
+    trained with) and write the report into ``out_dir`` (default: the run directory)."""
+    from .data import load_examples
+    from .errors import DataError
+    from .runs import Run
+
+    run = Run.load(run_dir)
+    path = Path(data) if data is not None else run.task.data_path("test")
+    if path is None:
+        raise DataError("no evaluation data", ["pass --data FILE (the run was trained without test data)"])
+    examples = load_examples(run.task, path)
+    target = Path(out_dir) if out_dir is not None else run.dir
+    return evaluate(Predictor.load(run), examples, target, progress=progress, top=top)

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,19 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def hardware() -> str:
+    """What trained the run, for config.yaml and the model card."""
+    parts = [f"{platform.machine()}, {os.cpu_count()} CPU cores"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append(", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
+    except ImportError:  # pragma: no cover
+        pass
+    return "; ".join(parts)
+
+
 def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
     """Create the run folder; refuse to mix a new run into an old one unless told to."""
     out = Path(out)
@@ -73,6 +87,38 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = Fal
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     (out / "model").mkdir(parents=True, exist_ok=True)
     return out
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun; (0, 1) for a plain process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def barrier() -> None:
+    """Wait for every process of a distributed launch; a no-op in a plain process."""
+    if process_rank()[1] <= 1:
+        return
+    import torch
+    from accelerate import PartialState
+
+    # the same shared state the Trainer uses later (gloo on CPU, nccl on CUDA)
+    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+
+
+@contextmanager
+def fit_dir(run_dir: Path):
+    """Where a method writes during training. The main process writes into the run; the others of a
+    distributed launch get a scratch folder whose checkpoints/ is the run's, so they share the
+    Trainer's checkpoints (best-model loading, resume) while their own copies of the model files,
+    logs and metadata go nowhere: the run directory is written once, by the main process."""
+    if process_rank()[0] == 0:
+        yield run_dir
+        return
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="classifine-rank-") as scratch:
+        (Path(scratch) / "model").mkdir()
+        (Path(scratch) / "checkpoints").symlink_to((run_dir / "checkpoints").resolve(), target_is_directory=True)
+        yield Path(scratch)
 
 
 @dataclass

@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from .data import Examples, label_stats, load_examples, split_validation
+from .data import label_stats, load_examples, split_validation
 from .errors import ConfigError, DataError
 from .methods import build_config, check_kind, get_method
 from .models import describe
 from .predictor import Predictor, save_decision, tune_thresholds
-from .report import batched_proba, evaluate
-from .runs import Run, atomic_write_text, atomic_write_yaml, library_versions, prepare_run_dir
+from .report import batched_proba, evaluate, evaluate_run  # noqa: F401  (evaluate_run: kept for callers)
+from .runs import (Run, atomic_write_text, atomic_write_yaml, barrier, fit_dir, hardware, library_versions,
+                   prepare_run_dir, process_rank)
 from .task import TaskSpec, as_task
 
 log = logging.getLogger("classifine")
@@ -63,16 +64,24 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
     test_ex = load_examples(task, test_path) if test_path is not None else None
     stats = {"train": label_stats(task, train_ex), "validation": label_stats(task, val_ex)}
     set_seed(settings.seed)
-    run_dir = prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    frozen = task.model_copy(update={"data": task.data.model_copy(update={
-        "train": str(train_path.resolve()), "validation": str(val_path.resolve()) if val_path else None,
-        "test": str(test_path.resolve()) if test_path else None})})
-    atomic_write_text(run_dir / "task.yaml", frozen.to_yaml())
+    rank, _ = process_rank()  # under `accelerate launch`, only rank 0 writes the run directory
+    if rank == 0:
+        run_dir = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        frozen = task.model_copy(update={"data": task.data.model_copy(update={
+            "train": str(train_path.resolve()), "validation": str(val_path.resolve()) if val_path else None,
+            "test": str(test_path.resolve()) if test_path else None})})
+        atomic_write_text(run_dir / "task.yaml", frozen.to_yaml())
+    barrier()
+    run_dir = Path(out)
 
     # --- train ---
     t0 = time.time()
-    info = module.fit(task, train_ex, val_ex, settings, model, run_dir, progress=progress, resume=resume)
+    with fit_dir(run_dir) as where:
+        info = module.fit(task, train_ex, val_ex, settings, model, where, progress=progress, resume=resume)
     train_seconds = time.time() - t0
+    if rank != 0:
+        barrier()  # rank 0 saves, tunes and evaluates
+        return Run.load(run_dir)
 
     # --- save: configuration first, so the run loads; then decisions tuned on validation ---
     record = {
@@ -82,7 +91,7 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
                  "test": str(test_path) if test_path else None, "train_rows": len(train_ex),
                  "validation_rows": len(val_ex), "test_rows": len(test_ex) if test_ex else 0},
         "label_stats": stats, "warnings": train_ex.warnings + val_ex.warnings,
-        "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(),
+        "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(), "hardware": hardware(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_yaml(run_dir / "config.yaml", record)
@@ -99,14 +108,5 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
     # --- evaluate on the test data, when there is any ---
     if test_ex is not None:
         evaluate(predictor, test_ex, run_dir, progress=progress)
+    barrier()
     return run
-
-
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, progress: bool = True) -> dict:
-    """``classifine eval``: evaluate a finished run on ``data`` (default: the test file it was trained with)."""
-    run = Run.load(run_dir)
-    path = Path(data) if data is not None else run.task.data_path("test")
-    if path is None:
-        raise DataError("no evaluation data", ["pass --data FILE (the run was trained without test data)"])
-    examples: Examples = load_examples(run.task, path)
-    return evaluate(Predictor.load(run), examples, run.dir, progress=progress)

@@ -42,7 +42,8 @@ def test_sft_every_kind(small_tasks, tmp_path, gemma_path, kind):
     meta = json.loads((out / "model" / "generative.json").read_text())
     assert meta["base_model"] == gemma_path and (out / "model" / "adapter_config.json").is_file()
     if kind != "extraction":
-        assert meta["temperature"] > 0 and "ece_validation_after" in run.config["info"]
+        decision = json.loads((out / "model" / "decision.json").read_text())
+        assert (meta["temperature"] if kind == "multi_label" else decision["temperature"]) > 0
 
 
 def test_sft_lora_weights_change_and_merge_loads_without_peft(small_tasks, tmp_path, gemma_path):

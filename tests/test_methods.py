@@ -178,3 +178,27 @@ def test_existing_run_is_not_overwritten(toy_tasks, tmp_path):
     with pytest.raises(RunError, match="--overwrite"):
         classifine.train(toy_tasks["single_label"], method="tfidf", out=tmp_path / "r", progress=False)
     classifine.train(toy_tasks["single_label"], method="tfidf", out=tmp_path / "r", overwrite=True, progress=False)
+
+
+def test_every_run_is_temperature_calibrated_without_changing_answers(tmp_path):
+    from classifine.predictor import Predictor, apply_temperature
+
+    root = __import__("conftest").ROOT / "examples" / "news_category"
+    out = tmp_path / "r"
+    classifine.train(root / "task.yaml", method="tfidf", out=out, progress=False)
+    decision = json.loads((out / "model" / "decision.json").read_text())
+    assert decision["temperature"] > 0 and decision["ece_validation_after"] <= decision["ece_validation_before"]
+    p = Predictor.load(out)
+    texts = ["Chipmaker shares jump on record profit", "폭우로 주택 침수 피해"]
+    calibrated = p.predict_proba(texts)
+    raw = np.asarray(p.scorer.predict_proba(texts))
+    assert (calibrated.argmax(1) == raw.argmax(1)).all() and not np.allclose(calibrated, raw)
+
+
+def test_apply_temperature_matches_dividing_the_logits():
+    logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    soft = lambda z: np.exp(z) / np.exp(z).sum(1, keepdims=True)  # noqa: E731
+    from classifine.predictor import apply_temperature
+
+    assert np.allclose(apply_temperature("single_label", soft(logits), 2.0), soft(logits / 2.0))
+    assert np.allclose(apply_temperature("multi_label", soft(logits), 2.0), soft(logits))  # sigmoids are left alone

@@ -51,6 +51,40 @@ def tune_thresholds(labels: list[str], probs: np.ndarray, gold: list[list[str]])
     return out
 
 
+def apply_temperature(kind: str, probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale a softmax's probabilities as if its logits were divided by ``temperature``."""
+    if temperature == 1.0 or kind == "multi_label" or probs.size == 0:
+        return probs
+    z = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def tune_decision(task, probs: np.ndarray, gold: list, calibrate: bool = True) -> dict:
+    """Decisions fitted on validation, the same for every method: a temperature that calibrates
+    single_label/ordinal probabilities (NLL-optimal; ECE before and after recorded) and per-label
+    thresholds for multi_label."""
+    from .decoding import fit_temperature
+    from .metrics import expected_calibration_error
+
+    if task.kind == "multi_label":
+        decision = {"thresholds": tune_thresholds(task.label_names, probs, gold), "top_k": task.top_k}
+        if task.threshold is not None:  # a threshold in the spec is the user's decision: keep it
+            decision["thresholds"] = {lab: float(task.threshold) for lab in task.label_names}
+        return decision
+    if not calibrate:
+        return {}
+    index = np.array([task.label_names.index(g) for g in gold])
+    t = fit_temperature(task.kind, np.log(np.clip(probs, 1e-12, 1.0)), index)
+
+    def ece(p: np.ndarray) -> float:
+        return round(expected_calibration_error(p.max(1), p.argmax(1) == index)["ece"], 4)
+
+    return {"temperature": round(t, 4), "ece_validation_before": ece(probs),
+            "ece_validation_after": ece(apply_temperature(task.kind, probs, t))}
+
+
 class Predictor:
     def __init__(self, run: Run, scorer, decision: dict):
         self.run, self.task, self.scorer, self.decision = run, run.task, scorer, decision
@@ -68,7 +102,8 @@ class Predictor:
         return self.task.label_names
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self.scorer.predict_proba(list(texts)), dtype=np.float64)
+        return apply_temperature(self.task.kind, np.asarray(self.scorer.predict_proba(list(texts)), dtype=np.float64),
+                                 self.decision.get("temperature", 1.0))
 
     def format(self, probs: np.ndarray) -> list[dict]:
         answers = decide(self.task.kind, self.labels, probs, self.decision)

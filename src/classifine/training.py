@@ -14,7 +14,7 @@ from .data import label_stats, load_examples, split_validation
 from .errors import ConfigError, DataError
 from .methods import build_config, check_kind, get_method
 from .models import describe
-from .predictor import Predictor, save_decision, tune_thresholds
+from .predictor import Predictor, save_decision, tune_decision
 from .report import batched_proba, evaluate, evaluate_run  # noqa: F401  (evaluate_run: kept for callers)
 from .runs import (Run, atomic_write_text, atomic_write_yaml, barrier, fit_dir, hardware, library_versions,
                    prepare_run_dir, process_rank)
@@ -97,11 +97,9 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
     atomic_write_yaml(run_dir / "config.yaml", record)
     run = Run.load(run_dir)
     predictor = Predictor.load(run)
-    if task.kind == "multi_label":
-        probs = batched_proba(predictor, val_ex.texts, progress=False)
-        decision = {"thresholds": tune_thresholds(task.label_names, probs, val_ex.labels), "top_k": task.top_k}
-        if task.threshold is not None:  # a threshold in the spec is the user's decision: keep it
-            decision["thresholds"] = {lab: float(task.threshold) for lab in task.label_names}
+    if task.kind != "extraction":
+        decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,
+                                 calibrate=getattr(settings, "calibrate", True))
         save_decision(run, decision)
         predictor.decision = decision
 

@@ -127,12 +127,13 @@ def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: 
 
 
 def calibrate(task: TaskSpec, net, tokenizer, validation: Examples, config) -> dict:
-    """Temperature on validation scores; ECE before and after (on the same rows, so the 'after'
-    figure is optimistic: the test report gives the honest one)."""
+    """Multi-label: a temperature for the per-label yes/no probabilities, with ECE before and after
+    (on the same rows, so 'after' is optimistic: the test report gives the honest figure). Single-
+    label and ordinal runs are calibrated after training like every method (predictor.tune_decision)."""
     from ..decoding import LabelScorer, fit_temperature, probabilities
     from ..metrics import expected_calibration_error
 
-    if task.kind == "extraction" or not config.calibrate:
+    if task.kind != "multi_label" or not config.calibrate:
         return {"temperature": 1.0}
     val = validation.subset(range(min(len(validation), max(config.eval_rows, 200))))
     scores = LabelScorer(net.eval(), tokenizer, task, config.score_batch_size).scores(val.texts)

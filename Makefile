@@ -26,8 +26,11 @@ demo: setup
 	$(BIN)/classifine train examples/news_category/task.yaml --method tfidf --out runs/news-tfidf --overwrite
 	$(BIN)/classifine train examples/news_category/task.yaml --method embed --model gemma-3-270m --out runs/news-embed --overwrite
 	$(BIN)/classifine predict runs/news-embed --input examples/news_category/test.csv --output runs/news-embed/test-predictions.jsonl --quiet
+	$(BIN)/classifine compare runs/news-tfidf runs/news-embed --output runs/news-embed/vs-tfidf.md
+	$(BIN)/classifine card runs/news-embed --base runs/news-tfidf
 	@echo
-	@echo "Reports: runs/news-tfidf/report.md  runs/news-embed/report.md"
+	@echo "Reports: runs/news-tfidf/report.html  runs/news-embed/report.html"
+	@echo "Comparison: runs/news-embed/vs-tfidf.md   Model card: runs/news-embed/MODEL_CARD.md"
 
 # All tests, the slow ones with real packaged models included. pytest exits 5 when it collected
 # nothing: that is a failure here, never a silent pass.

@@ -40,7 +40,7 @@ RUNS = {
     "tfidf": ("tfidf", None, {}, None, None),
     "embed": ("embed", "gemma-3-270m", {"batch_size": 16, "max_length": 128}, 3000, 1500),
     "head": ("head", "gemma-3-270m", {"lora": True, "epochs": 1, "batch_size": 8, "max_length": 128,
-                                       "learning_rate": 2e-4, "eval_steps": 60, "logging_steps": 20}, 1200, 1500),
+                                       "learning_rate": 2e-4, "eval_steps": 40, "logging_steps": 20}, 600, 500),
 }
 
 

@@ -5,6 +5,7 @@ tables go into BENCHMARKS.md). Each phase runs in its own process so its peak me
     python bench/generative.py step                         # sft step time at batch 8 x 128 on Gemma 3 270M
     python bench/generative.py train ko_hate_speech_kocohub --train-rows 1200
     python bench/generative.py decode ko_hate_speech_kocohub --rows 500
+    python bench/generative.py train ko_nsmc_sentiment --method pretrain --train-rows 20000 --test-rows 1000
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 RESULTS = ROOT / "bench" / "results" / "generative.json"
 TASKS = {"ko_hate_speech_kocohub": "ko_hate_speech_kocohub.yaml", "id_multilabel_hate_abusive": "id_hate_3class.yaml",
-         "en_finentity_companies": "en_finentity.yaml"}
+         "en_finentity_companies": "en_finentity.yaml", "ko_nsmc_sentiment": "ko_nsmc_sentiment.yaml"}
 SFT = {"epochs": 1, "batch_size": 8, "max_length": 128, "learning_rate": 2e-4, "eval_rows": 150, "logging_steps": 25}
 
 
@@ -88,7 +89,7 @@ def step(full_logits: bool) -> None:
             "model_gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(flops / sec / 1e9, 1)})
 
 
-def train(name: str, train_rows: int, test_rows: int, config: dict) -> None:
+def train(name: str, train_rows: int, test_rows: int, config: dict, method: str = "sft") -> None:
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
@@ -106,10 +107,11 @@ def train(name: str, train_rows: int, test_rows: int, config: dict) -> None:
             df, _ = train_test_split(df, train_size=n, stratify=strat, random_state=13)
         df.to_csv(work / f"{split}.csv", index=False)
         frames[split] = len(df)
-    out = work / "run-sft"
+    out = work / f"run-{method}"
+    settings = {**SFT, **config} if method == "sft" else config
     t0 = time.time()
-    run = classifine.train(task, method="sft", model="gemma-3-270m", out=out, train=work / "train.csv",
-                           test=work / "test.csv", config={**SFT, **config}, overwrite=True, progress=False)
+    run = classifine.train(task, method=method, model="gemma-3-270m" if method == "sft" else None, out=out,
+                           train=work / "train.csv", test=work / "test.csv", config=settings, overwrite=True, progress=False)
     m = json.loads((out / "metrics.json").read_text())
     keep = {k: m[k] for k in ("accuracy", "macro_f1", "exact_match", "precision", "recall", "f1", "n") if k in m}
     if task.kind == "extraction":  # the same predictions without the confidence filter
@@ -122,11 +124,15 @@ def train(name: str, train_rows: int, test_rows: int, config: dict) -> None:
         keep["exact_match_without_filter"] = unfiltered["exact_match"]
     else:
         keep["per_class_f1"] = {k: round(v["f1"], 4) for k, v in m["per_class"].items()}
-    record(f"sft_{name}", {**keep, "train_rows": frames["train"], "test_rows": frames["test"], "config": {**SFT, **config},
-                           "train_seconds": run.config["train_seconds"], "total_seconds": round(time.time() - t0, 1),
-                           "steps": run.config["info"]["steps"], "temperature": run.config["info"].get("temperature"),
-                           "ece_validation": [run.config["info"].get("ece_validation_before"), run.config["info"].get("ece_validation_after")],
-                           "ece_test": m.get("calibration", {}).get("ece"), "run": str(out)})
+    info = run.config["info"]
+    decision_path = out / "model" / "decision.json"
+    decision = json.loads(decision_path.read_text()) if decision_path.exists() else {}
+    record(f"{method}_{name}", {**keep, "train_rows": frames["train"], "test_rows": frames["test"], "config": settings,
+                                "train_seconds": run.config["train_seconds"], "total_seconds": round(time.time() - t0, 1),
+                                "steps": info.get("steps", info.get("sft", {}).get("steps")), "pretrain": info.get("pretrain"),
+                                "temperature": decision.get("temperature", info.get("temperature")),
+                                "ece_validation": [decision.get("ece_validation_before"), decision.get("ece_validation_after")],
+                                "ece_test": m.get("calibration", {}).get("ece"), "run": str(out)})
 
 
 def decode(name: str, rows: int, mode: str, batch: int) -> None:
@@ -167,7 +173,8 @@ def main() -> None:
     ap.add_argument("--mode", default="score", choices=["score", "generate"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--full-logits", action="store_true")
-    ap.add_argument("--set", nargs="*", default=[], help="sft settings KEY=VALUE")
+    ap.add_argument("--set", nargs="*", default=[], help="method settings KEY=VALUE")
+    ap.add_argument("--method", default="sft", choices=["sft", "pretrain"])
     args = ap.parse_args()
     if args.phase == "matmul":
         matmul()
@@ -176,7 +183,8 @@ def main() -> None:
     elif args.phase == "train":
         import yaml
 
-        train(args.dataset, args.train_rows, args.test_rows, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
+        settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+        train(args.dataset, args.train_rows, args.test_rows, settings, args.method)
     else:
         decode(args.dataset, args.rows, args.mode, args.batch)
 

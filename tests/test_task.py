@@ -403,3 +403,10 @@ def test_to_yaml_round_trips_ordinal_with_int_threshold(tmp_path):
     again = parse_task(yaml.safe_load(spec.to_yaml()))
     assert again == spec.model_copy(update={"base_dir": None})  # base_dir is not part of the YAML
     assert str(again.threshold) == "4"
+
+
+@pytest.mark.parametrize("entity", ['', 'com"panies', "a\\b"])
+def test_extraction_entity_must_be_a_plain_json_key(entity):
+    with pytest.raises(TaskError) as e:
+        parse_task({"name": "x", "kind": "extraction", "text": "t", "label_column": "y", "entity": entity})
+    assert "JSON key" in str(e.value)

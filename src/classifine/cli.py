@@ -108,6 +108,10 @@ def train(
     values = parse_settings(settings, config_file)
     run = run_train(spec, method=method, model=model, out=out_dir, train=train_file, validation=validation_file,
                     test=test_file, config=values, overwrite=overwrite, resume=resume, progress=not quiet)
+    from .runs import process_rank
+
+    if process_rank()[0] != 0:  # under `accelerate launch` the main process reports for all
+        return
     out.print(f"trained [bold]{method}[/] in {run.config['train_seconds']:.1f} s → {run.dir}")
     if (run.dir / "metrics.json").exists():
         import json

@@ -1,0 +1,341 @@
+"""HTTP serving of a run (DESIGN.md §7): ``classifine serve RUN``.
+
+No ``from __future__ import annotations`` here: FastAPI reads the generated request model from the
+route's annotation at run time.
+
+FastAPI + uvicorn. The request and response schemas are generated from the run's task spec, so the
+OpenAPI document names the task's text fields and labels. Concurrent requests are micro-batched
+(``batching.py``). Every problem with a request is answered with a 4xx and a JSON body
+``{"error": {"type", "message", "problems": [...]}}`` listing all problems at once; a 500 means a bug
+in the server, never bad input.
+"""
+
+import difflib
+import hmac
+import logging
+import os
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .batching import MicroBatcher, Overloaded, ShuttingDown
+from .data import records_to_texts
+from .errors import ClassifineError, ConfigError, DataError, TaskError
+from .serve_metrics import HTTPMetrics, RequestGuard
+from .task import TaskSpec
+
+log = logging.getLogger("classifine.serve")
+TOKEN_ENV = "CLASSIFINE_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_batch_size: int = 32        # records per model call
+    max_wait_ms: float = 5.0        # how long the first request of a batch waits for company
+    batching: bool = True
+    max_records: int = 128          # records per request
+    max_chars: int = 10_000         # characters per text field
+    max_queue: int = 4096           # records waiting for the model before requests get 503
+    max_body_bytes: int | None = None  # None: derived from the two limits above
+    token: str | None = None
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("max_batch_size", "max_records", "max_chars", "max_queue"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.max_wait_ms < 0:
+            out.append(f"max_wait_ms must be 0 or more (got {self.max_wait_ms})")
+        if self.max_queue < self.max_records:
+            out.append(f"max_queue ({self.max_queue}) must be at least max_records ({self.max_records})")
+        if self.max_body_bytes is not None and self.max_body_bytes < 1024:
+            out.append(f"max_body_bytes must be at least 1024 (got {self.max_body_bytes})")
+        if self.token is not None and not self.token.strip():
+            out.append("the token is empty: pass a non-empty --token or unset CLASSIFINE_TOKEN")
+        return out
+
+    def body_limit(self, n_fields: int) -> int:
+        # JSON clients escape non-ASCII as \uXXXX (6 bytes per character; Korean text is all of it)
+        return self.max_body_bytes or max(1 << 20, self.max_records * n_fields * (self.max_chars * 6 + 64) + 65536)
+
+
+# --- schemas derived from the task spec -------------------------------------------------------
+
+class _RecordBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _usable_text(self):
+        values = [v for v in self.__dict__.values() if isinstance(v, str)]
+        for v in values:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: JSON allows them, tokenizers do not
+                raise ValueError("a text field holds invalid Unicode (an unpaired surrogate): send valid UTF-8 text") from None
+        if not any(v.strip() for v in values):
+            raise ValueError("every text field is blank: send some text to classify")
+        return self
+
+
+def schemas(task: TaskSpec, settings: ServeSettings) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+    """(Record, ClassifyRequest, ClassifyResponse) for this task."""
+    text = Annotated[str, StringConstraints(max_length=settings.max_chars)]
+    # field names in a spec need not be Python identifiers ("from", "_id", "article body"): use aliases
+    fields: dict[str, Any] = {f"f{i}": (text, Field(alias=name, description=f"the task's text field '{name}'"))
+                              for i, name in enumerate(task.text)}
+    record = create_model("Record", __base__=_RecordBase, **fields)
+    record.__doc__ = f"One record: the text fields {task.text} (joined in this order for the model)."
+    request = create_model(
+        "ClassifyRequest", __config__=ConfigDict(extra="forbid"),
+        inputs=(list[record], Field(min_length=1, max_length=settings.max_records,
+                                    description=f"1 to {settings.max_records} records")))
+    probs = (dict[str, float], Field(description=f"probability of every label: {task.label_names}"))
+    # extra keys pass through: the predictor may flag e.g. "invalid" (free generation named no label)
+    open_ = ConfigDict(extra="allow")
+    if task.kind == "extraction":
+        entity = create_model("Entity", name=(str, ...), confidence=(float, Field(ge=0, le=1)))
+        output = create_model("Output", __config__=open_, entities=(list[entity], Field(
+            description=f"each {task.entity} at or above min_confidence {task.min_confidence}, with its confidence")),
+            below_min_confidence=(list[entity], []))
+    elif task.kind == "multi_label":
+        output = create_model("Output", __config__=open_, labels=(list[Literal[tuple(task.label_names)]], ...),
+                              probabilities=probs)
+    else:
+        output = create_model("Output", __config__=open_, label=(Literal[tuple(task.label_names)], ...),
+                              confidence=(float, Field(ge=0, le=1)), probabilities=probs)
+    response = create_model("ClassifyResponse", outputs=(list[output], ...))
+    return record, request, response
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    problems: list[str] = []
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def error_response(status: int, type_: str, message: str, problems: list[str] | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"type": type_, "message": message, "problems": problems or []}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe(err: dict, fields: list[str]) -> str:
+    parts = list(err.get("loc", ()))
+    if parts[:1] == ["body"]:
+        parts = parts[1:]
+    loc = ".".join(str(x) for x in parts) or "body"
+    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden" and len(parts) == 3 and parts[0] == "inputs":
+        hint = difflib.get_close_matches(str(parts[-1]), fields, n=1)
+        msg = f"unknown field; the task's text fields are {fields}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+    return f"{loc}: {msg}"
+
+
+_STATUS = {DataError: 422, TaskError: 422, ConfigError: 422}
+ERROR_RESPONSES = {
+    400: {"model": ErrorBody, "description": "the body is not valid JSON"},
+    401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    413: {"model": ErrorBody, "description": "too many records or too large a body"},
+    422: {"model": ErrorBody, "description": "the records do not fit the task's schema (every problem listed)"},
+    503: {"model": ErrorBody, "description": "overloaded or shutting down: retry later"},
+}
+
+
+def _install_error_handlers(app: FastAPI, metrics: HTTPMetrics, fields: list[str]) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = list(exc.errors())
+        problems = [_describe(e, fields) for e in errors]
+        if any(e.get("type") == "json_invalid" for e in errors):
+            metrics.error("json_invalid")
+            return error_response(400, "invalid_json", "the request body is not valid JSON", problems)
+        if any(e.get("type") == "too_long" and tuple(e.get("loc", ()))[-1:] == ("inputs",) for e in errors):
+            metrics.error("too_many_records")
+            return error_response(413, "too_many_records", "too many records in one request", problems)
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            problems.append("send the body as JSON with the header 'Content-Type: application/json'")
+        metrics.error("invalid_request")
+        return error_response(422, "invalid_request", f"the request has {len(problems)} problem(s)", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClassifineError)
+    async def library_error(request: Request, exc: ClassifineError):
+        status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
+        metrics.error(type(exc).__name__)
+        return error_response(status, type(exc).__name__, exc.summary, exc.problems)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded):
+        metrics.error("overloaded")
+        return error_response(503, "overloaded", str(exc), ["retry after a moment"], headers={"Retry-After": "1"})
+
+    @app.exception_handler(ShuttingDown)
+    async def draining(request: Request, exc: ShuttingDown):
+        return error_response(503, "shutting_down", str(exc), ["retry against another replica or after the restart"],
+                              headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception):
+        log.exception("unhandled error while serving %s", request.url.path)
+        metrics.error("internal")
+        return error_response(500, "internal_error", f"{type(exc).__name__} in the server; this is a bug, please report it")
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+def task_document(predictor, settings: ServeSettings, record: type[BaseModel], response: type[BaseModel]) -> dict:
+    task: TaskSpec = predictor.task
+    run = getattr(predictor, "run", None)
+    return {
+        "name": task.name, "kind": task.kind, "text": list(task.text), "labels": task.label_names,
+        "label_descriptions": dict(task.labels), "instruction": task.instruction,
+        "method": run.method if run is not None else None, "model": (run.config.get("model") if run is not None else None),
+        "limits": {"max_records": settings.max_records, "max_chars": settings.max_chars,
+                   "max_body_bytes": settings.body_limit(len(task.text))},
+        "auth": settings.token is not None,
+        "schema": {"input": record.model_json_schema(by_alias=True), "output": response.model_json_schema()},
+    }
+
+
+def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
+    """A FastAPI app serving ``predictor`` (anything with ``.task`` and ``.predict_texts(texts)``)."""
+    settings = settings or ServeSettings()
+    problems = settings.problems()
+    if problems:
+        raise ConfigError("invalid serve settings:", problems)
+    task: TaskSpec = predictor.task
+    record, request_model, response_model = schemas(task, settings)
+    metrics = HTTPMetrics()
+    batcher = MicroBatcher(predictor.predict_texts, settings.max_batch_size, settings.max_wait_ms, settings.batching,
+                           settings.max_queue, observe=metrics.batch)
+    document = task_document(predictor, settings, record, response_model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        yield
+        # uvicorn has stopped accepting and waited for in-flight requests; finish anything still queued
+        await batcher.close()
+
+    labels = ", ".join(task.label_names) or task.entity
+    app = FastAPI(title=f"classifine: {task.name}", version=_version(), lifespan=lifespan,
+                  description=(f"{task.kind} classifier for task '{task.name}'. Text fields: {task.text}. "
+                               f"Labels: {labels}.\n\n{task.instruction or ''}"))
+    app.state.settings, app.state.batcher, app.state.metrics = settings, batcher, metrics
+    _install_error_handlers(app, metrics, list(task.text))
+    bearer = HTTPBearer(auto_error=False, description="set when the server runs with --token or CLASSIFINE_TOKEN")
+
+    def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if settings.token is None:
+            return
+        given = creds.credentials if creds is not None else ""
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), settings.token.encode("utf-8")):
+            metrics.error("unauthorized")
+            raise StarletteHTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                                         headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorized)]
+
+    @app.post("/v1/classify", response_model=response_model, dependencies=guarded, responses=ERROR_RESPONSES,
+              summary=f"Classify 1 to {settings.max_records} records")
+    async def classify(body: request_model):  # type: ignore[valid-type]
+        records = [r.model_dump(by_alias=True) for r in body.inputs]
+        texts = records_to_texts(task, records, source="request")
+        outputs = await batcher.submit(texts)
+        metrics.records(len(texts))
+        return {"outputs": outputs}
+
+    @app.get("/v1/task", dependencies=guarded, responses={401: ERROR_RESPONSES[401]},
+             summary="The task spec: kind, text fields, labels, limits and JSON schemas")
+    async def get_task() -> dict:
+        return document
+
+    @app.get("/healthz", summary="Liveness and readiness")
+    async def healthz() -> dict:
+        return {"status": "ok", "task": task.name, "queued_records": batcher.waiting}
+
+    @app.get("/metrics", dependencies=guarded, responses={401: ERROR_RESPONSES[401]},
+             response_class=Response, summary="Prometheus metrics (text format)")
+    async def prometheus() -> Response:
+        body, content_type = metrics.render(batcher.waiting)
+        return Response(body, media_type=content_type)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(_playground_html())
+
+    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=settings.body_limit(len(task.text)))
+    return app
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _playground_html() -> str:
+    return resources.files("classifine").joinpath("static/playground.html").read_text(encoding="utf-8")
+
+
+# --- running it -------------------------------------------------------------------------------
+
+def load_backend(run_dir: str | Path, backend: Literal["torch", "vllm"] = "torch", trust_remote_code: bool = False):
+    """The predictor behind the API. ``torch`` loads the run's own Predictor (safetensors/JSON only);
+    ``vllm`` serves generative runs through vLLM on CUDA (see vllm_backend.py)."""
+    if backend == "vllm":
+        from .vllm_backend import VLLMPredictor
+
+        return VLLMPredictor.load(run_dir, trust_remote_code=trust_remote_code)
+    if backend != "torch":
+        raise ConfigError(f"unknown backend {backend!r}", ["use --backend torch (default) or --backend vllm"])
+    if trust_remote_code:
+        raise ConfigError("--trust-remote-code only applies to --backend vllm",
+                          ["the torch backend loads safetensors and JSON only; drop the flag"])
+    from .predictor import Predictor
+
+    return Predictor.load(run_dir)
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
+          backend: Literal["torch", "vllm"] = "torch", trust_remote_code: bool = False, log_level: str = "info",
+          graceful_seconds: float = 30.0, threads: int | None = None) -> None:
+    """Load the run, then serve it until SIGINT/SIGTERM (in-flight requests are finished first).
+
+    ``threads`` caps torch's intra-op threads: on a small shared machine, fewer threads than cores
+    leave the event loop a core and avoid OpenMP spin-waiting against other processes."""
+    import uvicorn
+
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads must be at least 1 (got {threads})")
+        import torch
+
+        torch.set_num_threads(threads)
+
+    settings = settings or ServeSettings()
+    if settings.token is None and os.environ.get(TOKEN_ENV):
+        settings = ServeSettings(**{**asdict(settings), "token": os.environ[TOKEN_ENV]})
+    predictor = load_backend(run_dir, backend, trust_remote_code)
+    app = create_app(predictor, settings)
+    log.info("serving %s on http://%s:%d (batching=%s)", run_dir, host, port, settings.batching)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=graceful_seconds, server_header=False)

@@ -134,3 +134,18 @@ def test_multi_label_prompt_splits_at_the_label(lm):
     prefix, suffixes = fmt.split_prompt(t, "goal match")
     assert len(suffixes) == 3 and "goal match" in prefix
     assert suffixes[0].startswith("sports (games)") and "weather" not in suffixes[1]
+
+
+def test_answer_loss_is_the_same_with_and_without_restricting_the_lm_head(lm):
+    import torch
+
+    from classifine.generative import answer_loss, collate
+
+    model, tok = lm
+    feats = [{"prompt": tok("<bos>goal match", add_special_tokens=False).input_ids, "answer": tok("sports<eos>", add_special_tokens=False).input_ids, "weight": 1.0},
+             {"prompt": tok("<bos>a longer prompt about shares", add_special_tokens=False).input_ids, "answer": tok("business<eos>", add_special_tokens=False).input_ids, "weight": 2.0}]
+    batch = collate(feats, tok.pad_token_id)
+    with torch.inference_mode():
+        kept, _ = answer_loss(model, dict(batch))
+        full, _ = answer_loss(model, {**batch, "logits_to_keep": 0})
+    assert float(kept) == pytest.approx(float(full), rel=1e-5)

@@ -142,8 +142,8 @@ def answer_loss(model, inputs: dict):
     import torch.nn.functional as F
 
     labels, weights = inputs.pop("labels"), inputs.pop("weights")
-    keep = inputs["logits_to_keep"]
     out = model(**inputs)
+    keep = out.logits.shape[1]                        # logits_to_keep, or every position when it is 0
     logits = out.logits[:, :-1].float()               # positions T-keep .. T-2 predict T-keep+1 .. T-1
     targets = labels[:, labels.shape[1] - keep + 1:]
     tok_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,

@@ -111,7 +111,7 @@ def test_sft_gemma_lora_gives_valid_calibrated_labels(tmp_path):
     out = tmp_path / "run"
     run = classifine.train(EXAMPLE / "task.yaml", method="sft", model="gemma-3-270m", out=out,
                            train=_subset(tmp_path, "train", 4), test=_subset(tmp_path, "test", 2),
-                           config={"max_steps": 6, "eval_steps": 3, "batch_size": 4, "max_length": 192, "eval_rows": 6},
+                           config={"max_steps": 6, "eval_steps": 3, "batch_size": 4, "max_length": 320, "eval_rows": 6},
                            progress=False)
     assert run.config["info"]["prompt_format"] == "chat template"
     rec = classifine.load(out).predict([{"title": "반도체 수출 3개월 연속 증가", "body": "수출이 늘었다."}])[0]

@@ -103,21 +103,28 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def _jsonl_record(line: str) -> tuple[dict | None, str | None]:
+    """(record, problem) for one JSONL line; blank lines give (None, None)."""
+    if not line.strip():
+        return None, None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg})"
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object such as {{\"text\": \"...\"}}, found {type(obj).__name__}"
+    return obj, None
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     rows, bad = [], []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append(f"line {n}: {e.msg}")
-                continue
-            if not isinstance(obj, dict):
-                bad.append(f"line {n}: expected a JSON object, found {type(obj).__name__}")
-                continue
-            rows.append(obj)
+            obj, problem = _jsonl_record(line)
+            if problem:
+                bad.append(f"line {n}: {problem}")
+            elif obj is not None:
+                rows.append(obj)
     if bad:
         raise DataError(f"{path} has {len(bad)} invalid JSON line(s)", bad[:MAX_LISTED] + ["each line must be one JSON object"])
     return rows
@@ -304,15 +311,11 @@ def iter_records(path: str | Path, batch_size: int = 256) -> Iterator[list[dict]
         try:
             with path.open(encoding="utf-8", errors="strict") as f:
                 for n, line in enumerate(f, 1):
-                    if not line.strip():
+                    obj, problem = _jsonl_record(line)
+                    if problem:
+                        raise DataError(f"{path} line {n}: {problem}", ["each line must be one JSON object"])
+                    if obj is None:
                         continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path} line {n} is not valid JSON", [f"{e.msg}: each line must be one JSON object"]) from None
-                    if not isinstance(obj, dict):
-                        raise DataError(f"{path} line {n} is not a JSON object",
-                                        [f"found {type(obj).__name__}: each line must be one object such as {{\"text\": \"...\"}}"])
                     batch.append(obj)
                     if len(batch) == batch_size:
                         yield batch

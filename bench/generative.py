@@ -152,9 +152,8 @@ def decode(name: str, rows: int, mode: str, batch: int) -> None:
     t0 = time.time()
     probs = np.concatenate([pred.predict_proba(ex.texts[i:i + 32]) for i in range(0, len(ex), 32)])
     sec = time.time() - t0
-    invalid = list(pred.scorer.last_invalid) if mode == "generate" else [False] * len(ex)
-    if mode == "generate":  # last_invalid holds the last chunk only: recompute over all rows
-        invalid = [bool(np.allclose(r, r[0])) for r in probs]
+    # generate mode marks an invalid answer with uniform probabilities (GenerativeScorer._generate)
+    invalid = [mode == "generate" and bool(np.allclose(r, r[0])) for r in probs]
     labels = decide("single_label", pred.task.label_names, probs, {})
     labels = ["(invalid)" if bad else lab for lab, bad in zip(labels, invalid)]  # wrong, as in the report
     m = compute_metrics(pred.task, ex.labels, labels, probs, invalid)

@@ -181,7 +181,7 @@ def test_existing_run_is_not_overwritten(toy_tasks, tmp_path):
 
 
 def test_every_run_is_temperature_calibrated_without_changing_answers(tmp_path):
-    from classifine.predictor import Predictor, apply_temperature
+    from classifine.predictor import Predictor
 
     root = __import__("conftest").ROOT / "examples" / "news_category"
     out = tmp_path / "r"

@@ -174,7 +174,7 @@ def test_text_string_becomes_one_element_list():
 def test_data_path_resolves_relative_to_spec_folder(tmp_path, monkeypatch):
     folder = tmp_path / "spec_dir"
     folder.mkdir()
-    path = write_spec(folder, """
+    write_spec(folder, """
         name: t
         kind: single_label
         text: body

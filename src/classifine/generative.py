@@ -162,6 +162,8 @@ class GenerativeScorer:
         self.decoding = meta.get("decoding", "score")
         self.last_invalid: list[bool] = []
         self.fmt = PromptFormat.for_tokenizer(tokenizer)
+        self._label_scorer: LabelScorer | None = None
+        self._entity_decoder: EntityDecoder | None = None
 
     @classmethod
     def load(cls, model_dir: Path) -> "GenerativeScorer":
@@ -191,7 +193,9 @@ class GenerativeScorer:
         return truncate_texts(self.fmt, self.task, texts, self.meta["max_length"], _answer_budget(self.task, self.fmt))[0]
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        return LabelScorer(self.model, self.tokenizer, self.task, self.meta.get("score_batch_size", 8)).scores(self._texts(texts))
+        if self._label_scorer is None:  # built once: it tokenizes every label
+            self._label_scorer = LabelScorer(self.model, self.tokenizer, self.task, self.meta.get("score_batch_size", 8))
+        return self._label_scorer.scores(self._texts(texts))
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if self.task.kind == "extraction":
@@ -216,5 +220,6 @@ class GenerativeScorer:
         return probs
 
     def extract(self, texts: list[str]) -> list[list[dict]]:
-        decoder = EntityDecoder(self.model, self.tokenizer, self.task)
-        return [decoder.decode(self.fmt.prompt(self.task, t))[0] for t in self._texts(texts)]
+        if self._entity_decoder is None:
+            self._entity_decoder = EntityDecoder(self.model, self.tokenizer, self.task)
+        return [self._entity_decoder.decode(self.fmt.prompt(self.task, t))[0] for t in self._texts(texts)]

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from classifine.decoding import (EntityDecoder, LabelScorer, check_label_tokens, fit_temperature, parse_answer,
-                                 probabilities, score_continuations)
+from classifine.decoding import (EntityDecoder, LabelScorer, check_label_tokens, fit_temperature, generate_answers,
+                                 parse_answer, probabilities, score_continuations)
 from classifine.errors import ConfigError
 from classifine.prompts import PromptFormat, truncate_texts
 from classifine.task import parse_task
@@ -51,6 +51,45 @@ def test_shared_prompt_scoring_equals_full_forward(lm):
     assert np.allclose(fast, naive_scores(model, prompts, conts), atol=2e-4)
 
 
+def test_a_frame_shared_by_every_prompt_gives_the_same_scores(lm):
+    model, tok = lm
+    frame = tok("<bos>Classify the text into sports, business or weather.\n\nText:\n", add_special_tokens=False).input_ids
+    texts = [tok(t, add_special_tokens=False).input_ids for t in ["goal match today", "rain", "a much longer text about the market and shares", "x"]]
+    conts = [tok(t, add_special_tokens=False).input_ids for t in ["sports<eos>", "business news<eos>", "weather<eos>"]]
+    full = naive_scores(model, [frame + t for t in texts], conts)
+    # the tiny model's sliding window (64) holds frame + short texts + answer but not the long text:
+    # batch 3 runs the short ones on the cached frame (padded between frame and text), the long one
+    # with the frame inline; batch 4 runs everything inline
+    assert model.config.sliding_window == 64 and len(frame) + len(texts[2]) + 8 > 64 > len(frame) + 3 + 8
+    for batch in (1, 3, 4):
+        fast = score_continuations(model, tok, texts, conts, batch_size=batch, shared=frame)
+        assert np.allclose(fast, full, atol=2e-4), batch
+    # context-only leading tokens are fed but not scored
+    part = score_continuations(model, tok, texts, conts, batch_size=2, shared=frame, scored_from=[1, 0, 2])
+    ctx = naive_scores(model, [frame + t for t in texts], [conts[0][:1], conts[2][:2]])
+    assert np.allclose(part[:, 0], full[:, 0] - ctx[:, 0], atol=2e-4)
+    assert np.allclose(part[:, 1], full[:, 1], atol=2e-4)
+    assert np.allclose(part[:, 2], full[:, 2] - ctx[:, 1], atol=2e-4)
+
+
+@pytest.mark.parametrize("kind", ["single_label", "multi_label"])
+def test_label_scores_are_those_of_the_prompts_the_model_is_trained_on(lm, kind):
+    """LabelScorer (frame cached once, then batches) equals a full forward over the exact token ids
+    that training builds (prompt_ids + answer)."""
+    model, tok = lm
+    t, fmt = task(kind), PromptFormat.for_tokenizer(tok)
+    texts = ["goal match", "market shares profit and loss today"]
+    got = LabelScorer(model, tok, t, batch_size=1).scores(texts)
+    for i, text in enumerate(texts):
+        if kind == "single_label":
+            want = naive_scores(model, [fmt.prompt_ids(t, text)], [fmt.ids(fmt.answer(t, lab)) for lab in t.label_names])[0]
+        else:
+            yes, no = fmt.ids("yes" + fmt.end_text), fmt.ids("no" + fmt.end_text)
+            want = np.array([np.subtract(*naive_scores(model, [fmt.prompt_ids(t, text, lab)], [yes, no])[0])
+                             for lab in t.label_names])
+        assert np.allclose(got[i], want, atol=2e-4)
+
+
 def test_label_probabilities_are_valid_for_every_kind(lm):
     model, tok = lm
     for kind, t in (("single_label", task()), ("ordinal", task("ordinal", labels=[1, 2, 3])),
@@ -79,6 +118,18 @@ def test_temperature_recovers_a_known_scale():
     assert fit_temperature("single_label", logits, y) == pytest.approx(2.5, rel=0.1)
 
 
+def test_generation_stops_at_the_end_of_turn_token(lm):
+    model, tok = lm
+    fmt = PromptFormat.for_tokenizer(tok)
+    prompts = [fmt.prompt_ids(task(), "goal match"), fmt.prompt_ids(task(), "a much longer text about shares")]
+    free = generate_answers(model, tok, prompts, max_new_tokens=6, batch_size=2)
+    first = [tok(a, add_special_tokens=False).input_ids[0] for a in free]
+    # the token each prompt starts its answer with, made the stop token: generation ends right there
+    stopped = generate_answers(model, tok, prompts[:1], max_new_tokens=6, stop=first[:1])
+    assert len(tok(free[0], add_special_tokens=False).input_ids) > 1
+    assert tok(stopped[0], add_special_tokens=False).input_ids == first[:1]
+
+
 @pytest.mark.parametrize("text,expected", [("sports", "sports"), (" Business.\nmore", "business"), ("cooking", None), ("", None)])
 def test_parse_free_text(text, expected):
     assert parse_answer(task(), text) == expected
@@ -96,7 +147,7 @@ def test_constrained_decoding_always_parses(lm):
     decoder = EntityDecoder(model, tok, t, max_new_tokens=40, max_entity_chars=12)
     fmt = PromptFormat.for_tokenizer(tok)
     for text in ["Acme Corp and Globex", "nothing here", "삼성전자 shares"]:  # a random model: any output must still parse
-        found, raw = decoder.decode(fmt.prompt(t, text))
+        found, raw = decoder.decode(fmt.prompt_ids(t, text))
         obj = json.loads(raw)
         assert list(obj) == ["company"] and all(isinstance(x, str) for x in obj["company"])
         assert [e["name"] for e in found] == [x for x in obj["company"]][: len(found)]
@@ -134,6 +185,11 @@ def test_multi_label_prompt_splits_at_the_label(lm):
     prefix, suffixes = fmt.split_prompt(t, "goal match")
     assert len(suffixes) == 3 and "goal match" in prefix
     assert suffixes[0].startswith("sports (games)") and "weather" not in suffixes[1]
+    ids = fmt.prompt_ids(t, "goal match", "business")
+    assert ids[:len(fmt.head_ids(t))] == fmt.head_ids(t) and ids[-len(fmt.question_ids(t)[1]):] == fmt.question_ids(t)[1]
+    assert tok.decode(ids) == prefix + suffixes[1]
+    with pytest.raises(ValueError, match="pass label"):
+        fmt.prompt_ids(t, "goal match")
 
 
 def test_answer_loss_is_the_same_with_and_without_restricting_the_lm_head(lm):

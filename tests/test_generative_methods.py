@@ -128,3 +128,15 @@ def test_pretrain_then_sft(small_tasks, tmp_path):
     meta = json.loads((out / "model" / "generative.json").read_text())
     assert meta["base_model"].endswith("model/pretrained")
     _check_run(out, "single_label", run.task.label_names)
+
+
+def test_pretrain_refuses_a_too_short_sft_max_length_before_pretraining(small_tasks, tmp_path):
+    from classifine.errors import ConfigError
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="leaves no room"):
+        classifine.train(small_tasks["single_label"], method="pretrain", out=out, progress=False,
+                         config={"vocab_size": 350, "hidden_size": 32, "layers": 2, "heads": 2, "block_size": 32,
+                                 "sft": {"max_length": 24}})
+    pretrained = out / "model" / "pretrained"
+    assert (pretrained / "tokenizer.json").is_file() and not (pretrained / "model.safetensors").exists()

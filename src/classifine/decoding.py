@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from functools import lru_cache
@@ -42,30 +43,71 @@ def _head_logprobs(head, softcap, hidden, targets, chunk: int = 256):
     return torch.cat(out) if out else hidden.new_zeros(0)
 
 
-def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[list[int]], batch_size: int = 8) -> np.ndarray:
-    """(n_prompts, n_conts) array of summed log-probabilities of each continuation after each prompt."""
+def _sliding_window(model) -> int | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and not any("sliding" in t for t in types):
+        return None
+    return getattr(cfg, "sliding_window", None) or None
+
+
+def _left_pad(seqs: list[list[int]], pad: int):
     import torch
 
+    T = max(len(p) for p in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, p in enumerate(seqs):  # left padding: every sequence ends at the same position
+        ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, T - len(p):] = 1
+    return ids, mask
+
+
+def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[list[int]], batch_size: int = 8,
+                        shared: list[int] | None = None, scored_from: list[int] | None = None) -> np.ndarray:
+    """(n_prompts, n_conts) array of summed log-probabilities of each continuation after each prompt.
+
+    ``shared``: tokens that precede every prompt (the task's frame); their KV cache is computed once
+    and reused for every batch. ``scored_from[j]``: how many leading tokens of continuation j are
+    context only (fed, not scored), e.g. a multi-label question before its yes/no."""
+    import torch
+
+    if any(not p for p in prompts) or any(not c for c in conts):
+        raise ValueError("prompts and continuations must not be empty")
     decoder, head, softcap = lm_parts(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    L, width = len(conts), max(len(c) for c in conts)
+    shared, scored_from = shared or [], scored_from or [0] * len(conts)
+    L, width, S = len(conts), max(len(c) for c in conts), len(shared)
     C = torch.full((L, width), pad, dtype=torch.long)
     cmask = torch.zeros((L, width), dtype=torch.long)
-    for j, c in enumerate(conts):
+    for j, c in enumerate(conts):  # continuations are right-padded: they all start after the prompt
         C[j, :len(c)] = torch.tensor(c)
         cmask[j, :len(c)] = 1
+    scored = cmask.bool() & (torch.arange(width)[None, :] >= torch.tensor(scored_from)[:, None])
     result = np.zeros((len(prompts), L))
+    with torch.inference_mode():
+        frame = decoder(input_ids=torch.tensor([shared]), use_cache=True).past_key_values if S else None
+    # documents of similar length share a batch, so little compute goes to padding
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    window = _sliding_window(model)
     for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s:s + batch_size]
-        B, T = len(chunk), max(len(p) for p in chunk)
-        ids = torch.full((B, T), pad, dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
-        for i, p in enumerate(chunk):  # left padding: every prompt ends at the same position
-            ids[i, T - len(p):] = torch.tensor(p)
-            mask[i, T - len(p):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        rows = order[s:s + batch_size]
+        seqs, B = [prompts[i] for i in rows], len(rows)
+        # The cached frame puts each row's padding between frame and text. Sliding-window layers
+        # measure the window in cache slots, padding included, so where padding could push the
+        # frame out of the window the batch runs with the frame inline and left padding instead.
+        inline = frame is None or (window is not None and S + max(map(len, seqs)) + width > window)
+        ids, mask = _left_pad([shared + p for p in seqs] if inline else seqs, pad)
+        pos = (0 if inline else S) + (mask.cumsum(-1) - 1).clamp(min=0)
+        if not inline:
+            mask = torch.cat([torch.ones((B, S), dtype=torch.long), mask], 1)
         with torch.inference_mode():
-            first = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            cache = None
+            if not inline:
+                cache = copy.deepcopy(frame)
+                cache.batch_repeat_interleave(B)
+            first = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
             cache = first.past_key_values
             cache.batch_repeat_interleave(L)
             cont_ids = C.repeat(B, 1)
@@ -76,10 +118,10 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
             # token j of a continuation is predicted by position j-1 (the prompt's last for j = 0)
             last = first.last_hidden_state[:, -1:].repeat_interleave(L, 0)
             hidden = torch.cat([last, second.last_hidden_state[:, :-1]], 1)
-            keep = cmask.repeat(B, 1).bool()
+            keep = scored.repeat(B, 1)
             lp = _head_logprobs(head, softcap, hidden[keep], cont_ids[keep])
             sums = torch.zeros(B * L, dtype=lp.dtype).index_add_(0, keep.nonzero()[:, 0], lp)
-        result[s:s + B] = sums.view(B, L).double().numpy()
+        result[rows] = sums.view(B, L).double().numpy()
     return result
 
 
@@ -90,26 +132,23 @@ class LabelScorer:
         self.model, self.tokenizer, self.task, self.batch_size = model, tokenizer, task, batch_size
         self.fmt = PromptFormat.for_tokenizer(tokenizer)
         if task.kind == "multi_label":
-            self.yes_no = [self._ids(w + self.fmt.end_text) for w in ("yes", "no")]
+            yes_no = [self.fmt.ids(w + self.fmt.end_text) for w in ("yes", "no")]
+            questions = self.fmt.question_ids(task)
+            self.conts = [q + yn for q in questions for yn in yes_no]
+            self.scored_from = [len(q) for q in questions for _ in yes_no]  # only the answer is scored
         else:
-            self.label_ids = [self._ids(self.fmt.answer(task, lab)) for lab in task.label_names]
-            check_label_tokens(task, [self._ids(answer_text(task, lab)) for lab in task.label_names])
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+            self.conts = [self.fmt.ids(self.fmt.answer(task, lab)) for lab in task.label_names]
+            self.scored_from = None
+            check_label_tokens(task, [self.fmt.ids(answer_text(task, lab)) for lab in task.label_names])
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """single_label/ordinal: log P(label | prompt); multi_label: log-odds of "yes" per label."""
-        if self.task.kind != "multi_label":
-            prompts = [self._ids(self.fmt.prompt(self.task, t)) for t in texts]
-            return score_continuations(self.model, self.tokenizer, prompts, self.label_ids, self.batch_size)
-        out = np.zeros((len(texts), len(self.task.label_names)))
-        for i, text in enumerate(texts):
-            prefix, suffixes = self.fmt.split_prompt(self.task, text)
-            conts = [self._ids(sfx) + yn for sfx in suffixes for yn in self.yes_no]
-            s = score_continuations(self.model, self.tokenizer, [self._ids(prefix)], conts, 1)[0]
-            out[i] = s[0::2] - s[1::2]
-        return out
+        prompts = [self.fmt.text_ids(self.task, t) for t in texts]
+        # a batch holds batch x continuations sequences: keep it near 64 when there are many labels
+        batch = max(1, min(self.batch_size, 64 // len(self.conts)))
+        s = score_continuations(self.model, self.tokenizer, prompts, self.conts, batch,
+                                shared=self.fmt.head_ids(self.task), scored_from=self.scored_from)
+        return s if self.task.kind != "multi_label" else s[:, 0::2] - s[:, 1::2]
 
 
 def check_label_tokens(task: TaskSpec, ids: list[list[int]]) -> None:
@@ -150,17 +189,21 @@ def fit_temperature(kind: str, scores: np.ndarray, targets: np.ndarray) -> float
     return float(math.exp(res.x))
 
 
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, batch_size: int = 8) -> list[str]:
+def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 24, batch_size: int = 8,
+                     stop: list[int] | None = None) -> list[str]:
+    """Greedy answers to prompts given as token ids; generation ends at any token of ``stop`` (the
+    end-of-turn marker the model was trained to emit) or at eos."""
     import torch
 
-    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos = [t for t in [tokenizer.eos_token_id, *(stop or [])] if t is not None]
     out = []
     for s in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[s:s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = _left_pad(prompts[s:s + batch_size], pad)
         with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        out += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad, eos_token_id=eos)
+        out += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
     return out
 
 
@@ -238,10 +281,11 @@ class EntityDecoder:
                 return None
         return state
 
-    def decode(self, prompt: str) -> tuple[list[dict], str]:
+    def decode(self, prompt: list[int]) -> tuple[list[dict], str]:
+        """Entities (name, confidence) and the JSON text for one prompt given as token ids."""
         import torch
 
-        step_input = torch.tensor([self.tokenizer(prompt, add_special_tokens=False).input_ids])
+        step_input = torch.tensor([prompt])
         state, text, past = ("head", 0), "", None
         entities: list[tuple[str, float]] = []
         cur, cur_lp = None, 0.0  # the entity being written and the log-probability of its tokens

@@ -79,30 +79,24 @@ def training_pairs(task: TaskSpec, examples: Examples, seed: int, negatives: int
 def encode_features(task: TaskSpec, fmt: PromptFormat, pairs, max_length: int,
                     weights: dict[str, float]) -> tuple[list[dict], int]:
     """Token ids of prompt and answer per pair, and how many inputs had to be shortened."""
-    tok = fmt.tokenizer
-    texts, truncated = truncate_texts(fmt, task, [p[0] for p in pairs], max_length, answer_budget=_answer_budget(task, fmt))
+    texts, truncated = truncate_texts(fmt, task, [p[0] for p in pairs], max_length, answer_budget=answer_budget(task, fmt))
     feats = []
     for text, (orig, gold, stratum) in zip(texts, pairs):
         if task.kind == "multi_label":
             answer, label = gold
-            prefix, suffixes = fmt.split_prompt(task, text)
-            prompt = prefix + suffixes[task.label_names.index(label)]
-            answer_str = answer + fmt.end_text
+            p, answer_str = fmt.prompt_ids(task, text, label), answer + fmt.end_text
         else:
-            prompt, answer_str = fmt.prompt(task, text), fmt.answer(task, gold)
-        p = tok(prompt, add_special_tokens=False).input_ids
-        a = tok(answer_str, add_special_tokens=False).input_ids
-        feats.append({"prompt": p, "answer": a, "weight": weights.get(stratum, 1.0)})
+            p, answer_str = fmt.prompt_ids(task, text), fmt.answer(task, gold)
+        feats.append({"prompt": p, "answer": fmt.ids(answer_str), "weight": weights.get(stratum, 1.0)})
     return feats, truncated
 
 
-def _answer_budget(task: TaskSpec, fmt: PromptFormat) -> int:
-    tok = fmt.tokenizer
+def answer_budget(task: TaskSpec, fmt: PromptFormat) -> int:
     if task.kind == "extraction":
         return 96
     if task.kind == "multi_label":
         return 4
-    return max(len(tok(fmt.answer(task, lab), add_special_tokens=False).input_ids) for lab in task.label_names)
+    return max(len(fmt.ids(fmt.answer(task, lab))) for lab in task.label_names)
 
 
 def example_weights(task: TaskSpec, train: Examples, class_weight) -> dict[str, float]:
@@ -190,7 +184,7 @@ class GenerativeScorer:
         return cls(net, tokenizer, meta, task)
 
     def _texts(self, texts: list[str]) -> list[str]:
-        return truncate_texts(self.fmt, self.task, texts, self.meta["max_length"], _answer_budget(self.task, self.fmt))[0]
+        return truncate_texts(self.fmt, self.task, texts, self.meta["max_length"], answer_budget(self.task, self.fmt))[0]
 
     def scores(self, texts: list[str]) -> np.ndarray:
         if self._label_scorer is None:  # built once: it tokenizes every label
@@ -206,9 +200,9 @@ class GenerativeScorer:
         return probabilities(self.task.kind, self.scores(texts), self.meta.get("temperature", 1.0))
 
     def _generate(self, texts: list[str]) -> np.ndarray:
-        prompts = [self.fmt.prompt(self.task, t) for t in self._texts(texts)]
+        prompts = [self.fmt.prompt_ids(self.task, t) for t in self._texts(texts)]
         answers = generate_answers(self.model, self.tokenizer, prompts, self.meta.get("max_new_tokens", 24),
-                                   self.meta.get("score_batch_size", 8))
+                                   self.meta.get("score_batch_size", 8), stop=self.fmt.ids(self.fmt.end_text)[-1:])
         parsed = [parse_answer(self.task, a) for a in answers]
         self.last_invalid = [p is None for p in parsed]
         probs = np.zeros((len(texts), len(self.task.label_names)))
@@ -222,4 +216,4 @@ class GenerativeScorer:
     def extract(self, texts: list[str]) -> list[list[dict]]:
         if self._entity_decoder is None:
             self._entity_decoder = EntityDecoder(self.model, self.tokenizer, self.task)
-        return [self._entity_decoder.decode(self.fmt.prompt(self.task, t))[0] for t in self._texts(texts)]
+        return [self._entity_decoder.decode(self.fmt.prompt_ids(self.task, t))[0] for t in self._texts(texts)]

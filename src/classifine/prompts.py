@@ -5,12 +5,17 @@ concatenated in both, so the token boundary the model learns is exactly the one 
 Models with a chat template get it (the packaged Gemma gets Gemma's turn template); others get a
 plain "Answer:" layout. Multi-label tasks ask one yes/no question per label after a shared prefix,
 so the prefix's KV cache serves every label (see decoding.py).
+
+A prompt is tokenised in fixed pieces: the frame before the input text (the same for every text of
+a task), the text with what follows it, and for multi-label the label's question. Each piece is
+tokenised on its own, in training and inference alike, so the scorer can compute the frame's KV
+cache once for all documents and still see exactly the tokens the model was trained on.
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .task import TaskSpec
@@ -18,6 +23,7 @@ from .task import TaskSpec
 log = logging.getLogger("classifine")
 
 MARK = "\x00LABEL\x00"  # where a multi-label question is spliced into a rendered prompt
+TEXT = "\x00TEXT\x00"    # where the input text goes
 DEFAULT_INSTRUCTIONS = {
     "single_label": "Classify the text into exactly one of the labels.",
     "ordinal": "Rate the text on the scale below; answer with one value of the scale.",
@@ -40,6 +46,11 @@ def _label_block(task: TaskSpec) -> str:
     return head + "\n" + "\n".join(lines)
 
 
+def _key(task: TaskSpec) -> tuple:
+    """What a task's prompt frame depends on (a cache key that outlives no task it describes)."""
+    return task.kind, instruction(task), tuple((task.labels or {}).items()), task.entity
+
+
 def answer_text(task: TaskSpec, gold) -> str:
     """The answer the model is trained to give (without the end-of-turn marker)."""
     if task.kind == "extraction":
@@ -55,6 +66,7 @@ class PromptFormat:
 
     tokenizer: object
     end_text: str
+    _cache: dict = field(default_factory=dict, repr=False)  # per task: the frame and its token ids
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> "PromptFormat":
@@ -82,17 +94,61 @@ class PromptFormat:
             parts.append(question)
         return "\n\n".join(p for p in parts if p)
 
+    def frame(self, task: TaskSpec) -> tuple[str, str]:
+        """(what comes before the input text, what comes after it). Multi-label: the part after
+        the text runs up to the label's question."""
+        key = ("frame", _key(task))
+        if key not in self._cache:
+            question = f"Label:\n{MARK}\nDoes the text have this label? Answer yes or no." if task.kind == "multi_label" else None
+            full = self.wrap(self.body(task, TEXT, question))
+            head, tail = full.split(TEXT, 1)
+            self._cache[key] = (head, tail.split(MARK, 1)[0], tail.split(MARK, 1)[1] if MARK in tail else "")
+        return self._cache[key][:2]
+
     def prompt(self, task: TaskSpec, text: str) -> str:
         if task.kind == "multi_label":
             raise ValueError("multi-label prompts are split per label: use split_prompt")
-        return self.wrap(self.body(task, text))
+        head, tail = self.frame(task)
+        return head + text + tail
 
     def split_prompt(self, task: TaskSpec, text: str) -> tuple[str, list[str]]:
         """Multi-label: (shared prefix, one suffix per label). Prefix + suffix is the full prompt
         for that label's yes/no question; the answer is "yes" or "no"."""
-        full = self.wrap(self.body(task, text, f"Label: {MARK}\nDoes the text have this label? Answer yes or no."))
-        prefix, rest = full.split(MARK, 1)
-        return prefix, [self._label_line(task, lab) + rest for lab in task.label_names]
+        head, tail = self.frame(task)
+        rest = self._cache[("frame", _key(task))][2]
+        return head + text + tail, [self._label_line(task, lab) + rest for lab in task.label_names]
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def head_ids(self, task: TaskSpec) -> list[int]:
+        """Token ids of the frame before the input text: the same for every text of the task."""
+        key = ("head", _key(task))
+        if key not in self._cache:
+            self._cache[key] = self.ids(self.frame(task)[0])
+        return self._cache[key]
+
+    def text_ids(self, task: TaskSpec, text: str) -> list[int]:
+        """Token ids of the input text and what follows it, up to the answer (multi-label: up to the
+        label's question)."""
+        return self.ids(text + self.frame(task)[1])
+
+    def question_ids(self, task: TaskSpec) -> list[list[int]]:
+        """Multi-label: token ids of each label's question, up to the answer."""
+        key = ("questions", _key(task))
+        if key not in self._cache:
+            self._cache[key] = [self.ids(sfx) for sfx in self.split_prompt(task, "")[1]]
+        return self._cache[key]
+
+    def prompt_ids(self, task: TaskSpec, text: str, label: str | None = None) -> list[int]:
+        """The prompt's token ids, pieced as the scorer pieces them; ``label`` picks a multi-label
+        question."""
+        ids = self.head_ids(task) + self.text_ids(task, text)
+        if task.kind == "multi_label":
+            if label is None:
+                raise ValueError("a multi-label prompt asks about one label: pass label")
+            ids = ids + self.question_ids(task)[task.label_names.index(label)]
+        return ids
 
     @staticmethod
     def _label_line(task: TaskSpec, label: str) -> str:
@@ -107,11 +163,9 @@ def truncate_texts(fmt: PromptFormat, task: TaskSpec, texts: list[str], max_leng
     """Shorten input texts (never the instruction or the answer) so prompt + answer fit in
     ``max_length`` tokens. Returns the texts and how many were truncated."""
     tok = fmt.tokenizer
+    overhead = len(fmt.head_ids(task)) + len(fmt.text_ids(task, ""))
     if task.kind == "multi_label":
-        prefix, suffixes = fmt.split_prompt(task, "")
-        overhead = len(tok(prefix + max(suffixes, key=len), add_special_tokens=False).input_ids)
-    else:
-        overhead = len(tok(fmt.prompt(task, ""), add_special_tokens=False).input_ids)
+        overhead += max(len(q) for q in fmt.question_ids(task))
     budget = max_length - overhead - answer_budget
     if budget < 8:
         raise ConfigError(f"max_length {max_length} leaves no room for the input text",

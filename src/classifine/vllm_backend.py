@@ -70,12 +70,10 @@ class VLLMScorer:
 
         self.llm, self.tokenizer, self.task, self.meta = llm, tokenizer, task, meta
         self.fmt = PromptFormat.for_tokenizer(tokenizer)
-        ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
-        self._ids = ids
         if task.kind == "multi_label":
-            self.yes_no = [ids(w + self.fmt.end_text) for w in ("yes", "no")]
+            self.yes_no = [self.fmt.ids(w + self.fmt.end_text) for w in ("yes", "no")]
         else:
-            self.label_ids = [ids(self.fmt.answer(task, lab)) for lab in task.label_names]
+            self.label_ids = [self.fmt.ids(self.fmt.answer(task, lab)) for lab in task.label_names]
 
     @classmethod
     def load(cls, run: Run, weights: Path, trust_remote_code: bool = False) -> "VLLMScorer":
@@ -104,12 +102,11 @@ class VLLMScorer:
     def scores(self, texts: list[str]) -> np.ndarray:
         n_labels = len(self.task.label_names)
         if self.task.kind != "multi_label":
-            seqs = [(self._ids(self.fmt.prompt(self.task, t)), lab) for t in texts for lab in self.label_ids]
+            seqs = [(self.fmt.prompt_ids(self.task, t), lab) for t in texts for lab in self.label_ids]
             return self._sequence_logprobs(seqs).reshape(len(texts), n_labels)
         seqs = []
-        for t in texts:
-            prefix, suffixes = self.fmt.split_prompt(self.task, t)
-            seqs += [(self._ids(prefix), self._ids(sfx) + yn) for sfx in suffixes for yn in self.yes_no]
+        for t in texts:  # pieced as in training (prompts.py), so vLLM scores the tokens the model learned
+            seqs += [(self.fmt.prompt_ids(self.task, t, lab), yn) for lab in self.task.label_names for yn in self.yes_no]
         s = self._sequence_logprobs(seqs).reshape(len(texts), n_labels, 2)
         return s[..., 0] - s[..., 1]  # log-odds of "yes", as LabelScorer
 

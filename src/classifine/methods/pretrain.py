@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Examples, read_table
 from ..errors import DataError
-from ..generative import GenerativeScorer
+from ..generative import GenerativeScorer, answer_budget
+from ..prompts import PromptFormat, truncate_texts
 from ..task import TaskSpec
 from . import sft
 
@@ -79,11 +80,10 @@ def _blocks(tokenizer, texts: list[str], block: int) -> list[dict]:
     return [{"input_ids": ids[i:i + block], "labels": ids[i:i + block]} for i in range(0, len(ids) - block + 1, block)]
 
 
-def pretrain(texts: list[str], val_texts: list[str], config: Config, folder: Path, progress: bool) -> dict:
+def pretrain(tokenizer, texts: list[str], val_texts: list[str], config: Config, folder: Path, progress: bool) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, default_data_collator
 
-    tokenizer = train_tokenizer(texts, config.vocab_size, folder)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.hidden_size * 4,
                       num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.heads,
                       max_position_embeddings=max(512, config.block_size * 4), tie_word_embeddings=True,
@@ -118,8 +118,14 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
                                            "class_weight": config.class_weight, "seed": config.seed, **config.sft},
                               task.label_names)
     folder = run_dir / "model" / "pretrained"
+    texts = _corpus(config, train)
+    tokenizer = train_tokenizer(texts, config.vocab_size, folder)
+    # the new tokenizer decides whether instruction + labels + answer fit the sft stage's max_length:
+    # a problem there is reported now, not after the minutes of pretraining
+    fmt = PromptFormat.for_tokenizer(tokenizer)
+    truncate_texts(fmt, task, [], sft_config.max_length, answer_budget(task, fmt))
     # --- pretrain, then hand the model to sft ---
-    info = pretrain(_corpus(config, train), validation.texts if validation else [], config, folder, progress)
+    info = pretrain(tokenizer, texts, validation.texts if validation else [], config, folder, progress)
     sft_info = sft.fit(task, train, validation, sft_config, str(folder.resolve()), run_dir, progress, resume)
     return {"pretrain": info, "sft": sft_info, "sft_config": sft_config.model_dump(mode="json")}
 

@@ -187,7 +187,8 @@ def test_every_run_is_temperature_calibrated_without_changing_answers(tmp_path):
     out = tmp_path / "r"
     classifine.train(root / "task.yaml", method="tfidf", out=out, progress=False)
     decision = json.loads((out / "model" / "decision.json").read_text())
-    assert decision["temperature"] > 0 and decision["ece_validation_after"] <= decision["ece_validation_before"]
+    assert decision["temperature"] == decision["temperature_fitted"] != 1.0  # the example's tfidf is overconfident
+    assert decision["ece_validation_after"] < decision["ece_validation_before"]
     p = Predictor.load(out)
     texts = ["Chipmaker shares jump on record profit", "폭우로 주택 침수 피해"]
     calibrated = p.predict_proba(texts)
@@ -202,3 +203,23 @@ def test_apply_temperature_matches_dividing_the_logits():
 
     assert np.allclose(apply_temperature("single_label", soft(logits), 2.0), soft(logits / 2.0))
     assert np.allclose(apply_temperature("multi_label", soft(logits), 2.0), soft(logits))  # sigmoids are left alone
+
+
+def test_a_temperature_that_worsens_validation_calibration_is_not_applied():
+    from classifine.predictor import calibration
+
+    # overconfident scores from a known temperature: the fitted one is applied and lowers ECE
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2000, 3)) * 3
+    p = np.exp(logits / 2.5) / np.exp(logits / 2.5).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    good = calibration("single_label", logits, y)
+    assert good["temperature"] == good["temperature_fitted"] == pytest.approx(2.5, rel=0.15)
+    assert good["ece_validation_after"] < good["ece_validation_before"]
+    # 40 noisy rows where the NLL optimum (about 1.2) raises ECE: recorded, not applied
+    rng = np.random.default_rng(2)
+    scores, y = rng.normal(size=(40, 3)), rng.integers(0, 3, 40)
+    y[:20] = scores[:20].argmax(1)
+    bad = calibration("single_label", scores, y)
+    assert bad["temperature"] == 1.0 and bad["temperature_fitted"] != 1.0
+    assert bad["ece_validation_after"] == bad["ece_validation_before"]

@@ -63,11 +63,8 @@ def apply_temperature(kind: str, probs: np.ndarray, temperature: float) -> np.nd
 
 def tune_decision(task, probs: np.ndarray, gold: list, calibrate: bool = True) -> dict:
     """Decisions fitted on validation, the same for every method: a temperature that calibrates
-    single_label/ordinal probabilities (NLL-optimal; ECE before and after recorded) and per-label
-    thresholds for multi_label."""
-    from .decoding import fit_temperature
-    from .metrics import expected_calibration_error
-
+    single_label/ordinal probabilities (see ``calibration``) and per-label thresholds for
+    multi_label."""
     if task.kind == "multi_label":
         decision = {"thresholds": tune_thresholds(task.label_names, probs, gold), "top_k": task.top_k}
         if task.threshold is not None:  # a threshold in the spec is the user's decision: keep it
@@ -76,13 +73,26 @@ def tune_decision(task, probs: np.ndarray, gold: list, calibrate: bool = True) -
     if not calibrate:
         return {}
     index = np.array([task.label_names.index(g) for g in gold])
-    t = fit_temperature(task.kind, np.log(np.clip(probs, 1e-12, 1.0)), index)
+    return calibration(task.kind, np.log(np.clip(probs, 1e-12, 1.0)), index)
 
-    def ece(p: np.ndarray) -> float:
-        return round(expected_calibration_error(p.max(1), p.argmax(1) == index)["ece"], 4)
 
-    return {"temperature": round(t, 4), "ece_validation_before": ece(probs),
-            "ece_validation_after": ece(apply_temperature(task.kind, probs, t))}
+def calibration(kind: str, scores: np.ndarray, targets: np.ndarray) -> dict:
+    """The NLL-optimal temperature on validation, with ECE before and after. On a few hundred rows
+    the NLL optimum can still make the measured calibration worse; such a temperature is recorded
+    (``temperature_fitted``) but not applied."""
+    from .decoding import fit_temperature, probabilities
+    from .metrics import expected_calibration_error
+
+    def ece(t: float) -> float:
+        p = probabilities(kind, scores, t)
+        if kind == "multi_label":  # every (row, label) probability is a prediction
+            return round(expected_calibration_error(p.reshape(-1), targets.reshape(-1).astype(bool))["ece"], 4)
+        return round(expected_calibration_error(p.max(1), p.argmax(1) == targets)["ece"], 4)
+
+    fitted = round(fit_temperature(kind, scores, targets), 4)
+    before, after = ece(1.0), ece(fitted)
+    t = fitted if after <= before else 1.0
+    return {"temperature": t, "temperature_fitted": fitted, "ece_validation_before": before, "ece_validation_after": ece(t)}
 
 
 class Predictor:

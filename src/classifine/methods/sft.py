@@ -130,26 +130,15 @@ def calibrate(task: TaskSpec, net, tokenizer, validation: Examples, config) -> d
     """Multi-label: a temperature for the per-label yes/no probabilities, with ECE before and after
     (on the same rows, so 'after' is optimistic: the test report gives the honest figure). Single-
     label and ordinal runs are calibrated after training like every method (predictor.tune_decision)."""
-    from ..decoding import LabelScorer, fit_temperature, probabilities
-    from ..metrics import expected_calibration_error
+    from ..decoding import LabelScorer
+    from ..predictor import calibration
 
     if task.kind != "multi_label" or not config.calibrate:
         return {"temperature": 1.0}
     val = validation.subset(range(min(len(validation), max(config.eval_rows, 200))))
     scores = LabelScorer(net.eval(), tokenizer, task, config.score_batch_size).scores(val.texts)
-    if task.kind == "multi_label":
-        targets = np.array([[lab in y for lab in task.label_names] for y in val.labels], dtype=float)
-    else:
-        targets = np.array([task.label_names.index(y) for y in val.labels])
-    t = fit_temperature(task.kind, scores, targets)
-
-    def ece(temp: float) -> float:
-        p = probabilities(task.kind, scores, temp)
-        if task.kind == "multi_label":
-            return expected_calibration_error(p.reshape(-1), targets.reshape(-1).astype(bool))["ece"]
-        return expected_calibration_error(p.max(1), p.argmax(1) == targets)["ece"]
-
-    return {"temperature": round(t, 4), "ece_validation_before": round(ece(1.0), 4), "ece_validation_after": round(ece(t), 4)}
+    targets = np.array([[lab in y for lab in task.label_names] for y in val.labels], dtype=float)
+    return calibration(task.kind, scores, targets)
 
 
 def save_generative(task: TaskSpec, net, tokenizer, config, model: str, model_dir: Path, calibration: dict) -> None:

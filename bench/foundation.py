@@ -34,6 +34,7 @@ DATASETS = {
     "example": ROOT / "examples/news_category/task.yaml",
     "ko_nsmc_sentiment": ROOT / "bench/tasks/ko_nsmc_sentiment.yaml",
     "ko_hate_speech_kocohub": ROOT / "bench/tasks/ko_hate_speech_kocohub.yaml",
+    "id_multilabel_hate_abusive": ROOT / "bench/tasks/id_hate_3class.yaml",
 }
 # (method, model, settings, max train rows, max test rows); None = all rows
 RUNS = {

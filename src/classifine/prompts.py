@@ -94,16 +94,21 @@ class PromptFormat:
             parts.append(question)
         return "\n\n".join(p for p in parts if p)
 
-    def frame(self, task: TaskSpec) -> tuple[str, str]:
-        """(what comes before the input text, what comes after it). Multi-label: the part after
-        the text runs up to the label's question."""
+    def _parts(self, task: TaskSpec) -> tuple[str, str, str]:
+        """(before the input text, after it up to a multi-label question, after that question's
+        label; empty for other kinds)."""
         key = ("frame", _key(task))
         if key not in self._cache:
             question = f"Label:\n{MARK}\nDoes the text have this label? Answer yes or no." if task.kind == "multi_label" else None
-            full = self.wrap(self.body(task, TEXT, question))
-            head, tail = full.split(TEXT, 1)
-            self._cache[key] = (head, tail.split(MARK, 1)[0], tail.split(MARK, 1)[1] if MARK in tail else "")
-        return self._cache[key][:2]
+            head, tail = self.wrap(self.body(task, TEXT, question)).split(TEXT, 1)
+            middle, _, rest = tail.partition(MARK)
+            self._cache[key] = (head, middle, rest)
+        return self._cache[key]
+
+    def frame(self, task: TaskSpec) -> tuple[str, str]:
+        """(what comes before the input text, what comes after it). Multi-label: the part after
+        the text runs up to the label's question."""
+        return self._parts(task)[:2]
 
     def prompt(self, task: TaskSpec, text: str) -> str:
         if task.kind == "multi_label":
@@ -114,8 +119,7 @@ class PromptFormat:
     def split_prompt(self, task: TaskSpec, text: str) -> tuple[str, list[str]]:
         """Multi-label: (shared prefix, one suffix per label). Prefix + suffix is the full prompt
         for that label's yes/no question; the answer is "yes" or "no"."""
-        head, tail = self.frame(task)
-        rest = self._cache[("frame", _key(task))][2]
+        head, tail, rest = self._parts(task)
         return head + text + tail, [self._label_line(task, lab) + rest for lab in task.label_names]
 
     def ids(self, text: str) -> list[int]:

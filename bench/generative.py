@@ -4,6 +4,7 @@ tables go into BENCHMARKS.md). Each phase runs in its own process so its peak me
     python bench/generative.py matmul                       # fp32 matmul rate: the efficiency ceiling
     python bench/generative.py step                         # sft step time at batch 8 x 128 on Gemma 3 270M
     python bench/generative.py train ko_hate_speech_kocohub --train-rows 1200
+    python bench/generative.py train id_multilabel_hate_abusive --train-rows 1500 --validation-rows 600
     python bench/generative.py decode ko_hate_speech_kocohub --rows 500
     python bench/generative.py train ko_nsmc_sentiment --method pretrain --train-rows 20000 --test-rows 1000
 """
@@ -89,7 +90,8 @@ def step(full_logits: bool) -> None:
             "model_gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(flops / sec / 1e9, 1)})
 
 
-def train(name: str, train_rows: int, test_rows: int, config: dict, method: str = "sft") -> None:
+def train(name: str, train_rows: int, test_rows: int, config: dict, method: str = "sft", validation_rows: int = 0,
+          tag: str = "") -> None:
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
@@ -102,16 +104,23 @@ def train(name: str, train_rows: int, test_rows: int, config: dict, method: str 
     frames = {}
     for split, n in (("train", train_rows), ("test", test_rows)):
         df = pd.read_csv(task.data_path(split), dtype=str, keep_default_na=False)
+        rest = df.iloc[:0]
         if n < len(df):
             strat = df[task.label_column] if task.kind == "single_label" else None
-            df, _ = train_test_split(df, train_size=n, stratify=strat, random_state=13)
+            df, rest = train_test_split(df, train_size=n, stratify=strat, random_state=13)
         df.to_csv(work / f"{split}.csv", index=False)
         frames[split] = len(df)
+        if split == "train" and validation_rows:  # scoring rows is cheap next to training on them
+            strat = rest[task.label_column] if task.kind == "single_label" else None
+            val, _ = train_test_split(rest, train_size=validation_rows, stratify=strat, random_state=13)
+            val.to_csv(work / "validation.csv", index=False)
+            frames["validation"] = len(val)
     out = work / f"run-{method}"
     settings = {**SFT, **config} if method == "sft" else config
     t0 = time.time()
     run = classifine.train(task, method=method, model="gemma-3-270m" if method == "sft" else None, out=out,
-                           train=work / "train.csv", test=work / "test.csv", config=settings, overwrite=True, progress=False)
+                           train=work / "train.csv", validation=work / "validation.csv" if validation_rows else None,
+                           test=work / "test.csv", config=settings, overwrite=True, progress=False)
     m = json.loads((out / "metrics.json").read_text())
     keep = {k: m[k] for k in ("accuracy", "macro_f1", "exact_match", "precision", "recall", "f1", "n") if k in m}
     if task.kind == "extraction":  # the same predictions without the confidence filter
@@ -127,7 +136,9 @@ def train(name: str, train_rows: int, test_rows: int, config: dict, method: str 
     info = run.config["info"]
     decision_path = out / "model" / "decision.json"
     decision = json.loads(decision_path.read_text()) if decision_path.exists() else {}
-    record(f"{method}_{name}", {**keep, "train_rows": frames["train"], "test_rows": frames["test"], "config": settings,
+    record(f"{method}_{name}{'_' + tag if tag else ''}", {**keep, "train_rows": frames["train"], "validation_rows": frames.get("validation", "10% of train"),
+                                "test_rows": frames["test"], "config": settings, "offsets": decision.get("offsets"),
+                                "macro_f1_validation": decision.get("macro_f1_validation"),
                                 "train_seconds": run.config["train_seconds"], "total_seconds": round(time.time() - t0, 1),
                                 "steps": info.get("steps", info.get("sft", {}).get("steps")), "pretrain": info.get("pretrain"),
                                 "temperature": decision.get("temperature", info.get("temperature")),
@@ -168,12 +179,14 @@ def main() -> None:
     ap.add_argument("dataset", nargs="?")
     ap.add_argument("--train-rows", type=int, default=1200)
     ap.add_argument("--test-rows", type=int, default=500)
+    ap.add_argument("--validation-rows", type=int, default=0, help="a separate validation set from the unused training rows")
     ap.add_argument("--rows", type=int, default=500)
     ap.add_argument("--mode", default="score", choices=["score", "generate"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--full-logits", action="store_true")
     ap.add_argument("--set", nargs="*", default=[], help="method settings KEY=VALUE")
     ap.add_argument("--method", default="sft", choices=["sft", "pretrain"])
+    ap.add_argument("--tag", default="", help="suffix of the result's key, to keep earlier results of the same dataset")
     args = ap.parse_args()
     if args.phase == "matmul":
         matmul()
@@ -183,7 +196,7 @@ def main() -> None:
         import yaml
 
         settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-        train(args.dataset, args.train_rows, args.test_rows, settings, args.method)
+        train(args.dataset, args.train_rows, args.test_rows, settings, args.method, args.validation_rows, args.tag)
     else:
         decode(args.dataset, args.rows, args.mode, args.batch)
 

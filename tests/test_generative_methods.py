@@ -140,3 +140,55 @@ def test_pretrain_refuses_a_too_short_sft_max_length_before_pretraining(small_ta
                                  "sft": {"max_length": 24}})
     pretrained = out / "model" / "pretrained"
     assert (pretrained / "tokenizer.json").is_file() and not (pretrained / "model.safetensors").exists()
+
+
+def test_class_balanced_sampler_draws_classes_evenly_without_repeating_frequent_examples():
+    from collections import Counter
+
+    from classifine.generative import ClassBalancedSampler, balanced_sampler
+    from classifine.heads import class_weights
+
+    labels = ["common"] * 90 + ["rare"] * 10
+    w = class_weights(["common", "rare"], Counter(labels), "balanced")
+    sampler = ClassBalancedSampler([w[y] for y in labels], seed=3)
+    first, second = list(sampler), list(sampler)
+    for epoch in (first, second):
+        assert len(epoch) == len(sampler) == 100
+        counts = Counter(epoch)
+        assert sum(c for i, c in counts.items() if labels[i] == "rare") == 50   # 10 rows x 5 each
+        assert max(c for i, c in counts.items() if labels[i] == "common") == 1  # thinned, never repeated
+    assert first != second and list(ClassBalancedSampler([w[y] for y in labels], seed=3)) == first
+    assert balanced_sampler([1.0] * 5, seed=3) is None  # equal weights: the Trainer's own shuffling
+
+
+def test_sft_class_weights_act_by_sampling_so_a_rare_class_fills_a_third_of_the_batches(small_tasks, gemma_path, tmp_path):
+    from classifine.data import load_examples
+    from classifine.generative import load_causal_lm
+    from classifine.methods.sft import Config, make_trainer, training_features
+    from classifine.prompts import PromptFormat
+    from classifine.task import load_task
+
+    task = load_task(small_tasks["single_label"])
+    ex = load_examples(task, task.data_path("train"))
+    rare = task.label_names[-1]
+    keep = [i for i, y in enumerate(ex.labels) if y != rare] + [i for i, y in enumerate(ex.labels) if y == rare][:2]
+    train = ex.subset(keep)
+    tok, net = load_causal_lm(gemma_path, lora=True, r=2)
+    fmt = PromptFormat.for_tokenizer(tok)
+    rare_answer = fmt.ids(fmt.answer(task, rare))
+    seen = {}
+    for balance_by in ("sampling", "loss"):
+        config = Config(**{**QUICK, "balance_by": balance_by})
+        feats, _ = training_features(task, fmt, train, config)
+        trainer = make_trainer(task, net, tok, feats, ex, config, tmp_path / balance_by, progress=False)
+        n = hits = 0
+        for _ in range(10):  # ten epochs of the Trainer's own dataloader
+            for batch in trainer.get_train_dataloader():
+                ids = batch["input_ids"].tolist()
+                hits += sum(row[-len(rare_answer):] == rare_answer for row in ids)
+                n += len(ids)
+                assert batch["weights"].tolist() == [1.0] * len(ids) or balance_by == "loss"
+        seen[balance_by] = hits / n
+    k = len(task.label_names)
+    assert abs(seen["sampling"] - 1 / k) < 0.08       # drawn as often as the other classes
+    assert seen["loss"] == pytest.approx(2 / len(train), abs=1e-9)  # seen once per epoch, weighted in the loss

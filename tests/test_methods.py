@@ -196,13 +196,16 @@ def test_every_run_is_temperature_calibrated_without_changing_answers(tmp_path):
     assert (calibrated.argmax(1) == raw.argmax(1)).all() and not np.allclose(calibrated, raw)
 
 
-def test_apply_temperature_matches_dividing_the_logits():
+def test_adjust_adds_offsets_then_divides_the_logits_by_the_temperature():
     logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     soft = lambda z: np.exp(z) / np.exp(z).sum(1, keepdims=True)  # noqa: E731
-    from classifine.predictor import apply_temperature
+    from classifine.predictor import adjust
 
-    assert np.allclose(apply_temperature("single_label", soft(logits), 2.0), soft(logits / 2.0))
-    assert np.allclose(apply_temperature("multi_label", soft(logits), 2.0), soft(logits))  # sigmoids are left alone
+    assert np.allclose(adjust("single_label", soft(logits), {"temperature": 2.0}), soft(logits / 2.0))
+    assert np.allclose(adjust("multi_label", soft(logits), {"temperature": 2.0}), soft(logits))  # sigmoids are left alone
+    offsets = [0.0, 1.0, -1.0]
+    assert np.allclose(adjust("single_label", soft(logits), {"offsets": offsets, "temperature": 2.0}),
+                       soft((logits + offsets) / 2.0))
 
 
 def test_a_temperature_that_worsens_validation_calibration_is_not_applied():
@@ -223,3 +226,34 @@ def test_a_temperature_that_worsens_validation_calibration_is_not_applied():
     bad = calibration("single_label", scores, y)
     assert bad["temperature"] == 1.0 and bad["temperature_fitted"] != 1.0
     assert bad["ece_validation_after"] == bad["ece_validation_before"]
+
+
+def test_class_offsets_bring_back_a_rare_class_the_model_ranks_well_but_never_puts_on_top():
+    from types import SimpleNamespace
+
+    from classifine.predictor import macro_f1_of, tune_decision
+
+    # 3 classes, the third rare (4%): its log-probability is informative but always 1.5 below the top
+    rng = np.random.default_rng(0)
+    gold = rng.choice(3, size=600, p=[0.58, 0.38, 0.04])
+    z = rng.normal(size=(600, 3))
+    z[np.arange(600), gold] += 2.0
+    z[:, 2] -= 3.5
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    task = SimpleNamespace(kind="single_label", label_names=["not", "hate", "extreme"])
+    labels = [task.label_names[i] for i in gold]
+    assert (probs.argmax(1) == 2).sum() == 0  # collapsed: never predicted
+    decision = tune_decision(task, probs, labels)
+    before, after = decision["macro_f1_validation"]
+    assert after >= before + 0.1 and decision["offsets"][2] > 0
+    from classifine.predictor import adjust
+
+    pred = adjust("single_label", probs, decision).argmax(1)
+    assert macro_f1_of(pred, gold, 3) == pytest.approx(after, abs=1e-4)
+    assert ((pred == 2) & (gold == 2)).sum() > 0
+    # well-ranked, well-placed classes: nothing to gain, no offsets
+    clean = np.full((300, 3), 0.05)
+    g = np.arange(300) % 3
+    clean[np.arange(300), g] = 0.9
+    d = tune_decision(task, clean, [task.label_names[i] for i in g], calibrate=False)
+    assert "offsets" not in d and d["macro_f1_validation"] == [1.0, 1.0]

@@ -98,8 +98,10 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
     run = Run.load(run_dir)
     predictor = Predictor.load(run)
     if task.kind != "extraction":
+        # class_weight none = no imbalance handling at all, so no class offsets either
         decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,
-                                 calibrate=getattr(settings, "calibrate", True))
+                                 calibrate=getattr(settings, "calibrate", True),
+                                 offsets=getattr(settings, "class_weight", "balanced") != "none")
         save_decision(run, decision)
         predictor.decision = decision
 

@@ -4,7 +4,8 @@ chosen = the gold answer; rejected = the model's own wrong answer where it has o
 of the untuned model), else a sampled wrong label; multi-label questions flip yes/no; extraction
 gets a corrupted entity set (an entity dropped, or a wrong span added). Several tasks can be trained
 into one model: ``tasks: [other.yaml, ...]`` adds each spec's training data, every example carrying
-its own task's instruction; the run's own task is the first.
+its own task's instruction; the run's own task is the first. ``class_weight`` acts by sampling
+(each task's pairs drawn in proportion to its class weights), since TRL's ORPO loss takes no weights.
 
 ORPOTrainer computes full-vocabulary logits for chosen and rejected sequences, so a step costs
 about twice an sft step on Gemma's 262k vocabulary; start from an sft run (``init_adapter``) to
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data import Examples, load_examples
 from ..decoding import LabelScorer
 from ..errors import ConfigError
-from ..generative import GenerativeScorer, load_causal_lm, training_pairs
+from ..generative import GenerativeScorer, balanced_sampler, example_weights, load_causal_lm, training_pairs
 from ..prompts import PromptFormat, answer_text, truncate_texts
 from ..runs import atomic_write_text
 from ..task import TaskSpec, load_task
@@ -84,13 +85,15 @@ def build_pairs(task: TaskSpec, examples: Examples, fmt: PromptFormat, model, to
         own = [task.label_names[i] for i in scores.argmax(1)]
         model.train()
     rows = []
+    weights = example_weights(task, examples, config.class_weight)  # applied by sampling (fit)
     if task.kind == "multi_label":
-        for text, gold, _ in training_pairs(task, examples.subset(range(len(texts))), config.seed, config.negatives):
+        for text, gold, stratum in training_pairs(task, examples.subset(range(len(texts))), config.seed, config.negatives):
             answer, label = gold
             prefix, suffixes = fmt.split_prompt(task, text)
             wrong = "no" if answer == "yes" else "yes"
             rows.append({"prompt": prefix + suffixes[task.label_names.index(label)],
-                         "chosen": answer + fmt.end_text, "rejected": wrong + fmt.end_text})
+                         "chosen": answer + fmt.end_text, "rejected": wrong + fmt.end_text,
+                         "draw": weights.get(stratum, 1.0)})
         return rows
     for text, gold, mine in zip(texts, examples.labels, own):
         if task.kind == "extraction":
@@ -98,7 +101,8 @@ def build_pairs(task: TaskSpec, examples: Examples, fmt: PromptFormat, model, to
         else:
             wrong = mine if mine is not None and mine != gold else rng.choice([lab for lab in task.label_names if lab != gold])
         rows.append({"prompt": fmt.prompt(task, text), "chosen": fmt.answer(task, gold),
-                     "rejected": answer_text(task, wrong) + fmt.end_text, "own": mine is not None and mine != gold})
+                     "rejected": answer_text(task, wrong) + fmt.end_text, "own": mine is not None and mine != gold,
+                     "draw": weights.get(gold, 1.0) if isinstance(gold, str) else 1.0})
     return rows
 
 
@@ -127,6 +131,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
         atomic_write_text(run_dir / "tasks" / f"{other.name}.yaml", other.to_yaml())
     own_share = float(np.mean([r.pop("own", False) for r in rows])) if rows else 0.0
     np.random.default_rng(config.seed).shuffle(rows)
+    draw = [r.pop("draw") for r in rows]  # class weights act through the sampler: TRL's loss takes none
 
     cuda = torch.cuda.is_available()
     strategy = "epoch" if config.eval_steps is None else "steps"
@@ -146,6 +151,9 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     task_metrics = task_metric_fn(task, tokenizer, val, config)
 
     class TaskORPOTrainer(ORPOTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return balanced_sampler(draw, config.seed) or super()._get_train_sampler(train_dataset)
+
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             if task.kind == "extraction":
                 return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
@@ -154,6 +162,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     val_rows = build_pairs(task, val, fmt, net, tokenizer, config.model_copy(update={"own_rejections": False}))
     for r in val_rows:
         r.pop("own", None)
+        r.pop("draw", None)
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(run_dir / "logs")
     trainer = TaskORPOTrainer(model=net, args=args, train_dataset=Dataset.from_list(rows),

@@ -14,8 +14,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Examples
-from ..generative import (META, GenerativeScorer, answer_loss, collate, encode_features, example_weights,
-                          load_causal_lm, training_pairs)
+from ..generative import (META, GenerativeScorer, answer_loss, balanced_sampler, collate, encode_features,
+                          example_weights, load_causal_lm, training_pairs)
 from ..prompts import PromptFormat
 from ..task import TaskSpec
 
@@ -50,6 +50,9 @@ class Config(BaseModel):
     early_stopping_patience: int = Field(default=3, ge=1)
     negatives: int = Field(default=2, ge=1)     # multi_label: sampled "no" questions per "yes"
     class_weight: Literal["balanced", "none"] | dict[str, float] = "balanced"
+    # how class weights act: "sampling" draws each epoch's examples in proportion to them
+    # (generative.ClassBalancedSampler); "loss" weighs each example's answer loss
+    balance_by: Literal["sampling", "loss"] = "sampling"
     score_batch_size: int = Field(default=8, ge=1)
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=10, ge=1)
@@ -83,12 +86,14 @@ def evaluate_by_task_metric(trainer, task_metrics, prefix: str = "eval") -> dict
 def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: Examples, config, run_dir: Path,
                  progress: bool, extra_callbacks: list | None = None):
     """A Trainer with answer-only loss whose evaluation scores the validation rows with the task's
-    metric (macro-F1 by default; answer loss for extraction), so the best checkpoint is chosen by it."""
+    metric (macro-F1 by default; answer loss for extraction), so the best checkpoint is chosen by it.
+    A feature's ``draw`` weight (class weights by sampling) sets how often it is drawn per epoch."""
     import torch
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
     fmt = PromptFormat.for_tokenizer(tokenizer)
+    draw = [f.pop("draw", 1.0) for f in feats]
     val = validation.subset(range(min(len(validation), config.eval_rows)))
     val_feats, _ = encode_features(task, fmt, training_pairs(task, val, config.seed), config.max_length, {})
 
@@ -98,6 +103,9 @@ def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, out = answer_loss(model, inputs)
             return (loss, out) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            return balanced_sampler(draw, config.seed) or super()._get_train_sampler(train_dataset)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             if task.kind == "extraction":
@@ -155,6 +163,17 @@ def save_generative(task: TaskSpec, net, tokenizer, config, model: str, model_di
     (model_dir / META).write_text(json.dumps(meta, ensure_ascii=False, indent=1))
 
 
+def training_features(task: TaskSpec, fmt: PromptFormat, train: Examples, config) -> tuple[list[dict], int]:
+    """Token ids per training example with its class weight: on the loss (``weight``) or, with
+    ``balance_by: sampling``, on how often it is drawn (``draw``, read by make_trainer)."""
+    pairs = training_pairs(task, train, config.seed, config.negatives)
+    feats, truncated = encode_features(task, fmt, pairs, config.max_length, example_weights(task, train, config.class_weight))
+    if config.balance_by == "sampling":
+        for f in feats:
+            f["draw"], f["weight"] = f["weight"], 1.0
+    return feats, truncated
+
+
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     # --- setup ---
@@ -165,8 +184,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
         from ..decoding import LabelScorer
 
         LabelScorer(net, tokenizer, task)  # refuses labels that tokenize to nothing or identically
-    pairs = training_pairs(task, train, config.seed, config.negatives)
-    feats, truncated = encode_features(task, fmt, pairs, config.max_length, example_weights(task, train, config.class_weight))
+    feats, truncated = training_features(task, fmt, train, config)
     trainer = make_trainer(task, net, tokenizer, feats, validation, config, run_dir, progress)
 
     # --- train ---

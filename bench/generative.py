@@ -6,6 +6,7 @@ tables go into BENCHMARKS.md). Each phase runs in its own process so its peak me
     python bench/generative.py train ko_hate_speech_kocohub --train-rows 1200
     python bench/generative.py train id_multilabel_hate_abusive --train-rows 1500 --validation-rows 600
     python bench/generative.py decode ko_hate_speech_kocohub --rows 500
+    python bench/generative.py offsets id_multilabel_hate_abusive   # the test predictions without class offsets
     python bench/generative.py train ko_nsmc_sentiment --method pretrain --train-rows 20000 --test-rows 1000
 """
 from __future__ import annotations
@@ -146,6 +147,29 @@ def train(name: str, train_rows: int, test_rows: int, config: dict, method: str 
                                 "ece_test": m.get("calibration", {}).get("ece"), "run": str(out)})
 
 
+def without_offsets(name: str, method: str = "sft") -> None:
+    """The same test predictions with the validation-tuned class offsets undone: what the trained
+    model alone gives (the temperature keeps the argmax, so it needs no undoing)."""
+    import numpy as np
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from classifine.report import read_predictions
+
+    out = Path(os.environ.get("BENCH_WORK", "/tmp/classifine-bench")) / name / f"run-{method}"
+    decision = json.loads((out / "model" / "decision.json").read_text())
+    rows = read_predictions(out / "predictions.jsonl")
+    labels = list(rows[0]["probabilities"])
+    probs = np.array([[r["probabilities"][lab] for lab in labels] for r in rows])
+    gold = np.array([labels.index(r["gold"]) for r in rows])
+    z = np.log(np.clip(probs, 1e-12, 1.0)) * decision.get("temperature", 1.0) - np.asarray(decision.get("offsets", 0.0))
+    value = {"offsets": decision.get("offsets"), "auc": {lab: round(roc_auc_score(gold == k, probs[:, k]), 4) for k, lab in enumerate(labels)}}
+    for key, pred in (("with_offsets", probs.argmax(1)), ("without_offsets", z.argmax(1))):
+        value[key] = {"accuracy": round(float((pred == gold).mean()), 4), "macro_f1": round(f1_score(gold, pred, average="macro"), 4),
+                      "per_class_f1": dict(zip(labels, np.round(f1_score(gold, pred, average=None, labels=range(len(labels))), 4).tolist())),
+                      "predicted": dict(zip(labels, np.bincount(pred, minlength=len(labels)).tolist()))}
+    record(f"offsets_{method}_{name}", value)
+
+
 def decode(name: str, rows: int, mode: str, batch: int) -> None:
     import numpy as np
 
@@ -175,7 +199,7 @@ def decode(name: str, rows: int, mode: str, batch: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("phase", choices=["matmul", "step", "train", "decode"])
+    ap.add_argument("phase", choices=["matmul", "step", "train", "decode", "offsets"])
     ap.add_argument("dataset", nargs="?")
     ap.add_argument("--train-rows", type=int, default=1200)
     ap.add_argument("--test-rows", type=int, default=500)
@@ -197,6 +221,8 @@ def main() -> None:
 
         settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
         train(args.dataset, args.train_rows, args.test_rows, settings, args.method, args.validation_rows, args.tag)
+    elif args.phase == "offsets":
+        without_offsets(args.dataset, args.method)
     else:
         decode(args.dataset, args.rows, args.mode, args.batch)
 

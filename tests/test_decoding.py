@@ -51,6 +51,24 @@ def test_shared_prompt_scoring_equals_full_forward(lm):
     assert np.allclose(fast, naive_scores(model, prompts, conts), atol=2e-4)
 
 
+def test_continuations_sharing_a_prefix_share_its_lm_head_row(lm):
+    from classifine.decoding import lm_parts
+
+    model, tok = lm
+    prompts = [tok(t, add_special_tokens=False).input_ids for t in ["<bos>goal match today", "<bos>rain"]]
+    conts = [tok(t, add_special_tokens=False).input_ids for t in ["business<eos>", "business news<eos>", "business news today<eos>", "weather<eos>"]]
+    assert conts[1][:len(conts[0]) - 1] == conts[0][:-1] and conts[2][:len(conts[1]) - 1] == conts[1][:-1]
+    rows = []
+    hook = lm_parts(model)[1].register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    try:
+        fast = score_continuations(model, tok, prompts, conts, batch_size=2)
+    finally:
+        hook.remove()
+    assert np.allclose(fast, naive_scores(model, prompts, conts), atol=2e-4)
+    distinct = len({tuple(c[:j]) for c in conts for j in range(len(c))})
+    assert sum(rows) == len(prompts) * distinct < len(prompts) * sum(map(len, conts))
+
+
 def test_a_frame_shared_by_every_prompt_gives_the_same_scores(lm):
     model, tok = lm
     frame = tok("<bos>Classify the text into sports, business or weather.\n\nText:\n", add_special_tokens=False).input_ids

@@ -116,6 +116,10 @@ def test_orpo_pairs_use_the_models_own_wrong_answers(small_tasks, gemma_path):
     for row, gold in zip(rows, ex.labels):
         assert row["chosen"].startswith(gold) and not row["rejected"].startswith(gold + "<")
     assert any(r["own"] for r in rows), "an untrained model is wrong often: some rejections are its own answers"
+    from classifine.generative import example_weights
+
+    weights = example_weights(task, ex, "balanced")  # drawn by the sampler: TRL's ORPO loss takes no weights
+    assert [r["draw"] for r in rows] == [weights[g] for g in ex.labels] and len(set(weights.values())) > 1
 
 
 def test_pretrain_then_sft(small_tasks, tmp_path):

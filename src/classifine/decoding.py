@@ -31,16 +31,20 @@ def lm_parts(model):
     return base.get_decoder(), base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
 
 
-def _head_logprobs(head, softcap, hidden, targets, chunk: int = 256):
+def _head_logprobs(head, softcap, hidden, rows, targets, chunk: int = 256):
+    """log P(targets[i] | hidden[rows[i]]): each hidden row goes through the LM head once, however
+    many targets read it."""
     import torch
 
-    out = []
+    out = torch.zeros(len(rows), dtype=torch.float32)
     for s in range(0, hidden.shape[0], chunk):
         logits = head(hidden[s:s + chunk]).float()
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-        out.append(torch.log_softmax(logits, -1).gather(-1, targets[s:s + chunk, None])[:, 0])
-    return torch.cat(out) if out else hidden.new_zeros(0)
+        logp = torch.log_softmax(logits, -1)
+        sel = ((rows >= s) & (rows < s + chunk)).nonzero()[:, 0]
+        out[sel] = logp[rows[sel] - s, targets[sel]]
+    return out
 
 
 def _sliding_window(model) -> int | None:
@@ -85,6 +89,18 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
         C[j, :len(c)] = torch.tensor(c)
         cmask[j, :len(c)] = 1
     scored = cmask.bool() & (torch.arange(width)[None, :] >= torch.tensor(scored_from)[:, None])
+    # The state that predicts token j of a continuation depends only on the tokens before it, so
+    # continuations that share a prefix (every label at j = 0; a multi-label question before its
+    # yes/no) share that state: it goes through the 262k LM head once per document, not per label.
+    pair_l, pair_j = scored.nonzero(as_tuple=True)
+    prefixes: dict[tuple, int] = {}   # prefix -> its state's index u
+    reps: list[tuple[int, int]] = []  # (continuation, position) that computes state u
+    for l, j in zip(pair_l.tolist(), pair_j.tolist()):
+        if tuple(conts[l][:j]) not in prefixes:
+            prefixes[tuple(conts[l][:j])] = len(reps)
+            reps.append((l, j))
+    pair_u = torch.tensor([prefixes[tuple(conts[l][:j])] for l, j in zip(pair_l.tolist(), pair_j.tolist())])
+    (rep_l, rep_j), U, pair_t = torch.tensor(reps).T, len(reps), C[pair_l, pair_j]
     result = np.zeros((len(prompts), L))
     with torch.inference_mode():
         frame = decoder(input_ids=torch.tensor([shared]), use_cache=True).past_key_values if S else None
@@ -118,9 +134,10 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
             # token j of a continuation is predicted by position j-1 (the prompt's last for j = 0)
             last = first.last_hidden_state[:, -1:].repeat_interleave(L, 0)
             hidden = torch.cat([last, second.last_hidden_state[:, :-1]], 1)
-            keep = scored.repeat(B, 1)
-            lp = _head_logprobs(head, softcap, hidden[keep], cont_ids[keep])
-            sums = torch.zeros(B * L, dtype=lp.dtype).index_add_(0, keep.nonzero()[:, 0], lp)
+            states = hidden.view(B, L, width, -1)[:, rep_l, rep_j].reshape(B * U, -1)
+            b = torch.arange(B)[:, None]
+            lp = _head_logprobs(head, softcap, states, (b * U + pair_u).reshape(-1), pair_t.repeat(B))
+            sums = torch.zeros(B * L, dtype=lp.dtype).index_add_(0, (b * L + pair_l).reshape(-1), lp)
         result[rows] = sums.view(B, L).double().numpy()
     return result
 

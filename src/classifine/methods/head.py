@@ -185,7 +185,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
         save_total_limit=2, load_best_model_at_end=True, metric_for_best_model=config.metric,
         greater_is_better=config.metric != "mae", logging_steps=config.logging_steps, report_to="none",
         seed=config.seed, use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=config.gradient_checkpointing, disable_tqdm=not progress, save_only_model=False,
+        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}), disable_tqdm=not progress, save_only_model=False,
     )
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(run_dir / "logs")

@@ -123,7 +123,7 @@ def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: 
         eval_strategy=strategy, save_strategy=strategy, eval_steps=config.eval_steps, save_steps=config.eval_steps,
         save_total_limit=2, load_best_model_at_end=True, metric_for_best_model=metric, greater_is_better=metric != "loss",
         logging_steps=config.logging_steps, report_to="none", seed=config.seed, use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(), gradient_checkpointing=config.gradient_checkpointing,
+        bf16=cuda and torch.cuda.is_bf16_supported(), **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
         remove_unused_columns=False, prediction_loss_only=True, disable_tqdm=not progress,
     )
     tensorboard = TensorBoardCallback()

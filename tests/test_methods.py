@@ -257,3 +257,16 @@ def test_class_offsets_bring_back_a_rare_class_the_model_ranks_well_but_never_pu
     clean[np.arange(300), g] = 0.9
     d = tune_decision(task, clean, [task.label_names[i] for i in g], calibrate=False)
     assert "offsets" not in d and d["macro_f1_validation"] == [1.0, 1.0]
+
+
+def test_class_offsets_that_only_fit_the_noise_of_a_small_validation_set_are_refused():
+    from classifine.predictor import _ascend, macro_f1_of, tune_offsets
+
+    fitted = refused = 0
+    for seed in range(20):  # scores that carry no information: any gain is noise
+        rng = np.random.default_rng(seed)
+        gold = rng.integers(0, 3, size=100)
+        scores = rng.normal(size=(100, 3))
+        fitted += macro_f1_of((scores + _ascend(scores, gold, 3)).argmax(1), gold, 3) >= macro_f1_of(scores.argmax(1), gold, 3) + 0.01
+        refused += tune_offsets(scores, gold)["offsets"] is None
+    assert fitted >= 16 and refused >= 16  # the ascent alone "gains" on noise; the held-out check refuses it

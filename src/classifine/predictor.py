@@ -104,8 +104,8 @@ def tune_offsets(scores: np.ndarray, gold: np.ndarray, min_gain: float = 0.01, s
     Offsets are kept only if they gain at least ``min_gain`` on validation and if offsets tuned on
     each half of it (stratified) gain as much on the other half, on average: the ascent also fits
     noise (on uninformative scores it "gains" 9 times in 10), and noise does not carry over (the
-    check then refuses 7 to 9 times in 10, more on larger sets; tests/test_methods.py). Returns the offsets (None when refused),
-    macro-F1 before and after, and the mean held-out gain."""
+    check then refuses 7 to 9 times in 10, more on larger sets; tests/test_methods.py).
+    Returns the offsets (None when refused), macro-F1 before and after, and the mean held-out gain."""
     k, n = scores.shape[1], len(gold)
     before = macro_f1_of(scores.argmax(1), gold, k)
     b = _ascend(scores, gold, k)

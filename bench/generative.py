@@ -149,7 +149,8 @@ def train(name: str, train_rows: int, test_rows: int, config: dict, method: str 
 
 def without_offsets(name: str, method: str = "sft") -> None:
     """The same test predictions with the validation-tuned class offsets undone: what the trained
-    model alone gives (the temperature keeps the argmax, so it needs no undoing)."""
+    model alone gives. The saved probabilities are softmax((log p + offsets) / T): scale back by T,
+    then subtract the offsets."""
     import numpy as np
     from sklearn.metrics import f1_score, roc_auc_score
 

@@ -233,7 +233,7 @@ def test_class_offsets_bring_back_a_rare_class_the_model_ranks_well_but_never_pu
 
     from classifine.predictor import macro_f1_of, tune_decision
 
-    # 3 classes, the third rare (4%): its log-probability is informative but always 1.5 below the top
+    # 3 classes, the third rare (4%): its score is informative but shifted down by 3.5, so it never tops a row
     rng = np.random.default_rng(0)
     gold = rng.choice(3, size=600, p=[0.58, 0.38, 0.04])
     z = rng.normal(size=(600, 3))

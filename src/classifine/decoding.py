@@ -95,11 +95,14 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
     pair_l, pair_j = scored.nonzero(as_tuple=True)
     prefixes: dict[tuple, int] = {}   # prefix -> its state's index u
     reps: list[tuple[int, int]] = []  # (continuation, position) that computes state u
+    units: list[int] = []             # u of each scored pair
     for l, j in zip(pair_l.tolist(), pair_j.tolist()):
-        if tuple(conts[l][:j]) not in prefixes:
-            prefixes[tuple(conts[l][:j])] = len(reps)
+        key = tuple(conts[l][:j])
+        if key not in prefixes:
+            prefixes[key] = len(reps)
             reps.append((l, j))
-    pair_u = torch.tensor([prefixes[tuple(conts[l][:j])] for l, j in zip(pair_l.tolist(), pair_j.tolist())])
+        units.append(prefixes[key])
+    pair_u = torch.tensor(units)
     (rep_l, rep_j), U, pair_t = torch.tensor(reps).T, len(reps), C[pair_l, pair_j]
     result = np.zeros((len(prompts), L))
     with torch.inference_mode():

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 import classifine
-from classifine.card import write_card
-from classifine.compare import compare, leaderboard, to_markdown
-from classifine.runs import atomic_write_text
+from classifine.evaluation.card import write_card
+from classifine.evaluation.compare import compare, leaderboard, to_markdown
+from classifine.core.runs import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT.parent / "shared" / "datasets" / "ko_nsmc_sentiment"

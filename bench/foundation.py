@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import classifine  # noqa: E402
-from classifine.task import load_task  # noqa: E402
+from classifine.core.task import load_task  # noqa: E402
 
 DATASETS = {
     "example": ROOT / "examples/news_category/task.yaml",

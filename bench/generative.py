@@ -3,6 +3,7 @@ tables go into BENCHMARKS.md). Each phase runs in its own process so its peak me
 
     python bench/generative.py matmul                       # fp32 matmul rate: the efficiency ceiling
     python bench/generative.py step                         # sft step time at batch 8 x 128 on Gemma 3 270M
+    python bench/generative.py step-vs-trl [--no-checkpointing]   # the same step: ours vs TRL's SFTTrainer, alternating
     python bench/generative.py train ko_hate_speech_kocohub --train-rows 1200
     python bench/generative.py train id_multilabel_hate_abusive --train-rows 1500 --validation-rows 600
     python bench/generative.py decode ko_hate_speech_kocohub --rows 500
@@ -55,18 +56,29 @@ def matmul() -> None:
                                 "threads": torch.get_num_threads()})
 
 
-def step(full_logits: bool) -> None:
+def _fake_batch(B: int = 8, T: int = 128, A: int = 6):
+    """B sequences of T random tokens whose last A tokens are the answer (a label or a short JSON)."""
     import torch
 
-    from classifine.generative import answer_loss, load_causal_lm
-
-    tok, net = load_causal_lm("gemma-3-270m", lora=True)
-    net.train()
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    B, T, A = 8, 128, 6  # answers of 6 tokens: a label or a short JSON object
+    torch.manual_seed(0)
     ids = torch.randint(1000, 200000, (B, T))
     labels = torch.full_like(ids, -100)
     labels[:, -A:] = ids[:, -A:]
+    return ids, labels
+
+
+def step(full_logits: bool) -> None:
+    import torch
+
+    from classifine.generative.causal_lm import load_causal_lm
+    from classifine.generative.trainer import answer_loss
+    from classifine.methods.sft import Config
+
+    tok, net = load_causal_lm("gemma-3-270m", Config())
+    net.train()
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    ids, labels = _fake_batch()
+    (B, T), A = ids.shape, int((labels[0] != -100).sum())
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
              "position_ids": torch.arange(T).repeat(B, 1), "weights": torch.ones(B),
              "logits_to_keep": 0 if full_logits else A + 1}
@@ -91,13 +103,65 @@ def step(full_logits: bool) -> None:
             "model_gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(flops / sec / 1e9, 1)})
 
 
+def step_vs_trl(steps: int = 5, checkpointing: bool = True) -> None:
+    """One sft step of ours (answer_loss) against TRL's SFTTrainer on the same batch, same LoRA
+    model, same optimizer, alternating so that machine noise hits both alike. TRL >= 1.4 projects
+    only the loss positions through the LM head (its fused LM head), as ours does. SFTConfig turns
+    gradient checkpointing on by default; ``checkpointing=False`` measures TRL without it (ours
+    never checkpoints unless asked)."""
+    import tempfile
+
+    import torch
+    import trl
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from classifine.generative.causal_lm import load_causal_lm
+    from classifine.generative.trainer import answer_loss
+    from classifine.methods.sft import Config
+
+    tok, net = load_causal_lm("gemma-3-270m", Config())
+    ids, labels = _fake_batch()
+    (B, T), A = ids.shape, int((labels[0] != -100).sum())
+    ours = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+            "position_ids": torch.arange(T).repeat(B, 1), "weights": torch.ones(B), "logits_to_keep": A + 1}
+    rows = [{"input_ids": r, "completion_mask": [0] * (T - A) + [1] * A} for r in ids.tolist()]
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(output_dir=tmp, per_device_train_batch_size=B, max_length=T, completion_only_loss=True,
+                         bf16=False, use_cpu=True, report_to="none", gradient_checkpointing=checkpointing)
+        trainer = SFTTrainer(model=net, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+        theirs = trainer.data_collator([trainer.train_dataset[i] for i in range(B)])
+        assert int((theirs["labels"] != -100).sum()) == B * A, "TRL scores the same answer tokens"
+        net.train()
+        with torch.no_grad():  # the same loss on the same batch before any step: equal answers weigh alike
+            first = {"ours": round(float(answer_loss(net, dict(ours))[0]), 4),
+                     "trl": round(float(trainer.compute_loss(net, dict(theirs))), 4)}
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+        run = {"ours": lambda: answer_loss(net, dict(ours))[0],
+               "trl": lambda: trainer.compute_loss(net, dict(theirs))}
+        times: dict[str, list[float]] = {k: [] for k in run}
+        for i in range(steps + 1):
+            for name, fn in run.items():
+                t = time.perf_counter()
+                loss = fn()
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                if i:  # the first round warms up allocators and kernels
+                    times[name].append(time.perf_counter() - t)
+    sec = {k: round(sum(v) / len(v), 3) for k, v in times.items()}
+    record(f"sft_step_ours_vs_trl_sfttrainer_b8x128{'' if checkpointing else '_no_checkpointing'}",
+           {"seconds_per_step": sec, "trl_over_ours": round(sec["trl"] / sec["ours"], 3), "steps": steps,
+            "trl": trl.__version__, "trl_gradient_checkpointing": checkpointing, "loss_before_training": first})
+
+
 def train(name: str, train_rows: int, test_rows: int, config: dict, method: str = "sft", validation_rows: int = 0,
           tag: str = "") -> None:
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
     import classifine
-    from classifine.task import load_task
+    from classifine.core.task import load_task
 
     task = load_task(ROOT / "bench" / "tasks" / TASKS[name])
     work = Path(os.environ.get("BENCH_WORK", "/tmp/classifine-bench")) / name
@@ -125,8 +189,8 @@ def train(name: str, train_rows: int, test_rows: int, config: dict, method: str 
     m = json.loads((out / "metrics.json").read_text())
     keep = {k: m[k] for k in ("accuracy", "macro_f1", "exact_match", "precision", "recall", "f1", "n") if k in m}
     if task.kind == "extraction":  # the same predictions without the confidence filter
-        from classifine import metrics as M
-        from classifine.report import read_predictions
+        from classifine.scoring import metrics as M
+        from classifine.evaluation.report import read_predictions
 
         rows = read_predictions(out / "predictions.jsonl")
         unfiltered = M.extraction([r["gold"] for r in rows], [r["pred_all"] if "pred_all" in r else r["pred"] for r in rows],
@@ -154,7 +218,7 @@ def without_offsets(name: str, method: str = "sft") -> None:
     import numpy as np
     from sklearn.metrics import f1_score, roc_auc_score
 
-    from classifine.report import read_predictions
+    from classifine.evaluation.report import read_predictions
 
     out = Path(os.environ.get("BENCH_WORK", "/tmp/classifine-bench")) / name / f"run-{method}"
     decision = json.loads((out / "model" / "decision.json").read_text())
@@ -174,10 +238,10 @@ def without_offsets(name: str, method: str = "sft") -> None:
 def decode(name: str, rows: int, mode: str, batch: int) -> None:
     import numpy as np
 
-    from classifine.data import load_examples
-    from classifine.predictor import Predictor
-    from classifine.report import compute_metrics
-    from classifine.predictor import decide
+    from classifine.core.data import load_examples
+    from classifine.predict.predictor import Predictor
+    from classifine.scoring.kinds import compute_metrics
+    from classifine.scoring.decision import decide
 
     run = Path(os.environ.get("BENCH_WORK", "/tmp/classifine-bench")) / name / "run-sft"
     pred = Predictor.load(run)
@@ -200,7 +264,7 @@ def decode(name: str, rows: int, mode: str, batch: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("phase", choices=["matmul", "step", "train", "decode", "offsets"])
+    ap.add_argument("phase", choices=["matmul", "step", "step-vs-trl", "train", "decode", "offsets"])
     ap.add_argument("dataset", nargs="?")
     ap.add_argument("--train-rows", type=int, default=1200)
     ap.add_argument("--test-rows", type=int, default=500)
@@ -209,6 +273,7 @@ def main() -> None:
     ap.add_argument("--mode", default="score", choices=["score", "generate"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--full-logits", action="store_true")
+    ap.add_argument("--no-checkpointing", action="store_true", help="step-vs-trl: TRL without its default gradient checkpointing")
     ap.add_argument("--set", nargs="*", default=[], help="method settings KEY=VALUE")
     ap.add_argument("--method", default="sft", choices=["sft", "pretrain"])
     ap.add_argument("--tag", default="", help="suffix of the result's key, to keep earlier results of the same dataset")
@@ -217,6 +282,8 @@ def main() -> None:
         matmul()
     elif args.phase == "step":
         step(args.full_logits)
+    elif args.phase == "step-vs-trl":
+        step_vs_trl(checkpointing=not args.no_checkpointing)
     elif args.phase == "train":
         import yaml
 

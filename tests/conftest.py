@@ -31,6 +31,13 @@ def gemma_path(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def small_tasks(tmp_path_factory) -> dict[str, Path]:
+    """Fewer rows, for the generative methods."""
+    base = tmp_path_factory.mktemp("gen")
+    return {k: write_task(base / k, k, n_train=40, n_test=8) for k in ("single_label", "multi_label", "ordinal", "extraction")}
+
+
+@pytest.fixture(scope="session")
 def toy_tasks(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("toy")
     return {kind: write_task(base / kind, kind) for kind in ("single_label", "multi_label", "ordinal", "extraction")}

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 import classifine
-from classifine.card import write_card
+from classifine.evaluation.card import write_card
 from classifine.cli import app
 from classifine.errors import RunError
 
@@ -85,7 +85,7 @@ def test_body_numbers_equal_metrics_json(card, runs):
         assert f"| {lab} | {100 * pc['precision']:.2f}% | {100 * pc['recall']:.2f}% | {100 * pc['f1']:.2f}% | {pc['support']} |" in body
     for lab, row in zip(m["confusion_matrix"]["labels"], m["confusion_matrix"]["matrix"]):
         assert f"| {lab} | " + " | ".join(map(str, row)) + " |" in body
-    config = classifine.runs.Run.load(runs["tuned"]).config
+    config = classifine.core.runs.Run.load(runs["tuned"]).config
     assert f"{config['data']['train_rows']} training rows" in body and f"training time: {config['train_seconds']} s" in body
     assert "| ngram_max | 3 |" in body and "| max_features | 5000 |" in body
     assert "Most confident mistakes" not in body  # test rows are not published in a card
@@ -183,9 +183,9 @@ def test_card_of_an_extraction_run(toy_tasks, tmp_path):
     an sft run will look, so the card's extraction path is exercised before that lands."""
     from types import SimpleNamespace
 
-    from classifine.data import load_examples
-    from classifine.report import evaluate
-    from classifine.task import parse_task
+    from classifine.core.data import load_examples
+    from classifine.evaluation.report import evaluate
+    from classifine.core.task import parse_task
 
     spec = parse_task({"name": "orgs", "kind": "extraction", "text": ["title", "body"], "label_column": "label",
                        "entity": "company", "min_confidence": 0.5, "normalize": ["casefold"], "slices": ["lang"]})

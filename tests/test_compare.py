@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import classifine
 from classifine.cli import app
-from classifine.compare import compare, leaderboard, model_size, to_markdown
+from classifine.evaluation.compare import compare, leaderboard, model_size, to_markdown
 from classifine.errors import RunError
-from classifine.report import evaluate_run
+from classifine.evaluation.report import evaluate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWS = ROOT / "examples" / "news_category" / "task.yaml"
@@ -157,11 +157,11 @@ def test_leaderboard_ranks_by_macro_f1_with_costs(runs, tmp_path):
     for r, line in zip(board["rows"], table["rows"]):
         run = runs[r["run"]]
         m = metrics(run)
-        config = classifine.runs.Run.load(run).config
+        config = classifine.core.runs.Run.load(run).config
         assert line[4] == cell(m["correct"], m["n"]) and line[5] == f"{100 * m['macro_f1']:.2f}%"
         assert r["train_seconds"] == config["train_seconds"] and r["docs_per_second"] == m["docs_per_second"]
         assert r["model_bytes"] == sum(p.stat().st_size for p in (run / "model").rglob("*") if p.is_file()) > 0
-    assert model_size(classifine.runs.Run.load(runs["char"])) == board["rows"][order.index("char")]["model_bytes"]
+    assert model_size(classifine.core.runs.Run.load(runs["char"])) == board["rows"][order.index("char")]["model_bytes"]
 
 
 def test_leaderboard_command_scans_a_folder_and_skips_unevaluated(runs, tmp_path):

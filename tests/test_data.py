@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from classifine.data import (
+from classifine.core.data import (
     Examples,
     iter_records,
     label_stats,
@@ -22,7 +22,7 @@ from classifine.data import (
     split_validation,
 )
 from classifine.errors import DataError
-from classifine.task import parse_task
+from classifine.core.task import parse_task
 
 
 def make_task(kind: str = "single_label", text=("title", "body"), label_column: str = "label", **extra):

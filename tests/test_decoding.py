@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from classifine.decoding import (EntityDecoder, LabelScorer, check_label_tokens, fit_temperature, generate_answers,
-                                 parse_answer, probabilities, score_continuations)
+from classifine.generative.decoding import (EntityDecoder, LabelScorer, check_label_tokens, generate_answers,
+                                            parse_answer, score_continuations)
+from classifine.scoring.decision import fit_temperature, probabilities
 from classifine.errors import ConfigError
-from classifine.prompts import PromptFormat, truncate_texts
-from classifine.task import parse_task
+from classifine.generative.prompts import PromptFormat, truncate_texts
+from classifine.core.task import parse_task
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_shared_prompt_scoring_equals_full_forward(lm):
 
 
 def test_continuations_sharing_a_prefix_share_its_lm_head_row(lm):
-    from classifine.decoding import lm_parts
+    from classifine.generative.decoding import lm_parts
 
     model, tok = lm
     prompts = [tok(t, add_special_tokens=False).input_ids for t in ["<bos>goal match today", "<bos>rain"]]
@@ -213,7 +214,7 @@ def test_multi_label_prompt_splits_at_the_label(lm):
 def test_answer_loss_is_the_same_with_and_without_restricting_the_lm_head(lm):
     import torch
 
-    from classifine.generative import answer_loss, collate
+    from classifine.generative.trainer import answer_loss, collate
 
     model, tok = lm
     feats = [{"prompt": tok("<bos>goal match", add_special_tokens=False).input_ids, "answer": tok("sports<eos>", add_special_tokens=False).input_ids, "weight": 1.0},

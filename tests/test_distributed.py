@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import classifine
-from classifine.predictor import Predictor
+from classifine.predict.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def run(toy_tasks, tmp_path_factory) -> Path:
 def test_ray_data_predictions_match_the_predictor(run, toy_tasks, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dist]'")
     pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'ray[data]'")
-    from classifine.distributed import predict_ray
+    from classifine.predict.distributed import predict_ray
 
     source = toy_tasks["single_label"].parent / "test.csv"
     frame = pd.read_csv(source, dtype=str, keep_default_na=False)
@@ -38,6 +38,9 @@ def test_ray_data_predictions_match_the_predictor(run, toy_tasks, tmp_path):
 
     from concurrent.futures import ThreadPoolExecutor
 
+    from typer.testing import CliRunner
+
+    from classifine.cli import app
     from classifine.errors import ConfigError
 
     # local mode on loopback; a bounded wait, so a scheduling deadlock fails instead of hanging
@@ -46,11 +49,19 @@ def test_ray_data_predictions_match_the_predictor(run, toy_tasks, tmp_path):
     try:
         with pytest.raises(ConfigError, match="leave no CPU"):
             predict_ray(run, data, tmp_path / "never.jsonl", concurrency=2, num_cpus=1)
+        # the same refusal from the command line: a message with the fix and exit code 2, no traceback
+        refused = CliRunner().invoke(app, ["predict-ray", str(run), str(data), str(tmp_path / "never.csv"),
+                                           "--concurrency", "2", "--num-cpus", "1"])
+        assert refused.exit_code == 2 and "leave no CPU" in refused.output and "Traceback" not in refused.output
         with ThreadPoolExecutor(1) as pool:
             single = pool.submit(predict_ray, run, data, tmp_path / "out.jsonl", 8, 2, 0.5).result(timeout=300)
             shards = pool.submit(predict_ray, run, data, tmp_path / "shards", 8).result(timeout=300)
+            cli = pool.submit(CliRunner().invoke, app, ["predict-ray", str(run), str(data), str(tmp_path / "cli.jsonl"),
+                                                         "--batch-size", "8", "--num-cpus", "0.5", "--json"]).result(timeout=300)
     finally:
         ray.shutdown()
+    assert cli.exit_code == 0 and json.loads(cli.output.strip().splitlines()[-1])["records"] == len(frame), cli.output
+    assert (tmp_path / "cli.jsonl").read_text() == (tmp_path / "out.jsonl").read_text()
     assert single["records"] == shards["records"] == len(frame)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(len(frame))), "a single output file keeps the input order"
@@ -71,7 +82,7 @@ log = Path(os.environ["WRITE_LOG"])
 def note(path):
     with open(log, "a") as f:
         f.write(f"{os.environ.get('RANK', '0')}\\t{Path(path).resolve()}\\n")
-from classifine import runs
+from classifine.core import runs
 _atomic = runs.atomic_write_bytes
 def atomic(path, data):
     note(path)

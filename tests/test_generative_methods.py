@@ -9,15 +9,7 @@ import pytest
 import classifine
 from classifine.errors import ConfigError
 
-from toy import write_task
-
-QUICK = {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3, "eval_rows": 8, "max_length": 128}
-
-
-@pytest.fixture(scope="module")
-def small_tasks(tmp_path_factory):
-    base = tmp_path_factory.mktemp("gen")
-    return {k: write_task(base / k, k, n_train=40, n_test=8) for k in ("single_label", "multi_label", "ordinal", "extraction")}
+from toy import QUICK
 
 
 def _check_run(out, kind, labels):
@@ -103,10 +95,10 @@ def test_orpo(small_tasks, tmp_path, gemma_path, kind):
 def test_orpo_pairs_use_the_models_own_wrong_answers(small_tasks, gemma_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from classifine.data import load_examples
+    from classifine.core.data import load_examples
     from classifine.methods.orpo import Config, build_pairs
-    from classifine.prompts import PromptFormat
-    from classifine.task import load_task
+    from classifine.generative.prompts import PromptFormat
+    from classifine.core.task import load_task
 
     task = load_task(small_tasks["single_label"])
     ex = load_examples(task, task.data_path("train"))
@@ -116,7 +108,7 @@ def test_orpo_pairs_use_the_models_own_wrong_answers(small_tasks, gemma_path):
     for row, gold in zip(rows, ex.labels):
         assert row["chosen"].startswith(gold) and not row["rejected"].startswith(gold + "<")
     assert any(r["own"] for r in rows), "an untrained model is wrong often: some rejections are its own answers"
-    from classifine.generative import example_weights
+    from classifine.generative.trainer import example_weights
 
     weights = example_weights(task, ex, "balanced")  # drawn by the sampler: TRL's ORPO loss takes no weights
     assert [r["draw"] for r in rows] == [weights[g] for g in ex.labels] and len(set(weights.values())) > 1
@@ -149,8 +141,8 @@ def test_pretrain_refuses_a_too_short_sft_max_length_before_pretraining(small_ta
 def test_class_balanced_sampler_draws_classes_evenly_without_repeating_frequent_examples():
     from collections import Counter
 
-    from classifine.generative import ClassBalancedSampler, balanced_sampler
-    from classifine.heads import class_weights
+    from classifine.generative.trainer import ClassBalancedSampler, balanced_sampler
+    from classifine.scoring.decision import class_weights
 
     labels = ["common"] * 90 + ["rare"] * 10
     w = class_weights(["common", "rare"], Counter(labels), "balanced")
@@ -166,18 +158,19 @@ def test_class_balanced_sampler_draws_classes_evenly_without_repeating_frequent_
 
 
 def test_sft_class_weights_act_by_sampling_so_a_rare_class_fills_a_third_of_the_batches(small_tasks, gemma_path, tmp_path):
-    from classifine.data import load_examples
-    from classifine.generative import load_causal_lm
-    from classifine.methods.sft import Config, make_trainer, training_features
-    from classifine.prompts import PromptFormat
-    from classifine.task import load_task
+    from classifine.core.data import load_examples
+    from classifine.generative.causal_lm import load_causal_lm
+    from classifine.generative.trainer import make_trainer, training_features
+    from classifine.methods.sft import Config
+    from classifine.generative.prompts import PromptFormat
+    from classifine.core.task import load_task
 
     task = load_task(small_tasks["single_label"])
     ex = load_examples(task, task.data_path("train"))
     rare = task.label_names[-1]
     keep = [i for i, y in enumerate(ex.labels) if y != rare] + [i for i, y in enumerate(ex.labels) if y == rare][:2]
     train = ex.subset(keep)
-    tok, net = load_causal_lm(gemma_path, lora=True, r=2)
+    tok, net = load_causal_lm(gemma_path, Config(lora_r=2))
     fmt = PromptFormat.for_tokenizer(tok)
     rare_answer = fmt.ids(fmt.answer(task, rare))
     seen = {}
@@ -196,3 +189,31 @@ def test_sft_class_weights_act_by_sampling_so_a_rare_class_fills_a_third_of_the_
     k = len(task.label_names)
     assert abs(seen["sampling"] - 1 / k) < 0.08       # drawn as often as the other classes
     assert seen["loss"] == pytest.approx(2 / len(train), abs=1e-9)  # seen once per epoch, weighted in the loss
+
+
+def test_zero_shot_is_a_method_and_older_zero_shot_runs_still_load(small_tasks, gemma_path, tmp_path):
+    import shutil
+
+    import yaml
+
+    from classifine.core.runs import Run
+    from classifine.training import zero_shot
+
+    base = tmp_path / "base"
+    m = zero_shot(small_tasks["single_label"], gemma_path, base, progress=False)
+    run = Run.load(base)
+    assert run.method == "zeroshot" and m["n"] == 8 and m["invalid_output"]["rate"] == 0.0
+    assert "train" not in run.config["data"] and not (base / "model" / "decision.json").exists(), "nothing trained or tuned"
+    assert sorted(p.name for p in (base / "model").iterdir()) == ["generative.json"], "no weights: it names its base model"
+    records = [{"title": "goal match", "body": "striker"}, {"title": "rain", "body": "storm wind"}]
+    expected = classifine.load(base).predict(records)
+    # the layout written before zero-shot became a method: method "sft", the meta file alone
+    old = tmp_path / "old"
+    shutil.copytree(base, old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    config.update({"method": "sft", "config": {"zero_shot": True, "decoding": "score"}, "info": {"zero_shot": True}})
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    (old / "model" / "generative.json").write_text(json.dumps({
+        "kind": "single_label", "labels": run.task.label_names, "base_model": gemma_path, "zero_shot": True,
+        "max_length": 512, "decoding": "score", "max_new_tokens": 24, "score_batch_size": 8, "temperature": 1.0}))
+    assert classifine.load(old).predict(records) == expected

@@ -115,7 +115,7 @@ def test_head_resume_continues_from_checkpoint(toy_tasks, tmp_path, bert_path):
 
 
 def test_class_weight_balanced_favours_the_rare_class(tmp_path):
-    from classifine.heads import class_weights
+    from classifine.scoring.decision import class_weights
 
     w = class_weights(["a", "b"], {"a": 90, "b": 10}, "balanced")
     assert w["b"] / w["a"] == pytest.approx(9.0)
@@ -171,6 +171,20 @@ def test_method_modules_share_one_shape():
         assert "seed" in mod.Config.model_fields and "class_weight" in mod.Config.model_fields
 
 
+def test_every_method_matches_the_method_protocol():
+    import inspect
+
+    from classifine.methods import Method
+
+    shape = list(inspect.signature(Method.fit).parameters)[1:]  # without self
+    for name in METHODS:
+        mod = get_method(name)
+        assert isinstance(mod, Method), name
+        assert list(inspect.signature(mod.fit).parameters) == shape, name
+        assert callable(mod.Scorer.load) and callable(getattr(mod.Scorer, "predict_proba", None)), name
+        assert set(mod.KINDS) | set(mod.REFUSED) == {"single_label", "multi_label", "ordinal", "extraction"}, name
+
+
 def test_existing_run_is_not_overwritten(toy_tasks, tmp_path):
     from classifine.errors import RunError
 
@@ -181,7 +195,7 @@ def test_existing_run_is_not_overwritten(toy_tasks, tmp_path):
 
 
 def test_every_run_is_temperature_calibrated_without_changing_answers(tmp_path):
-    from classifine.predictor import Predictor
+    from classifine.predict.predictor import Predictor
 
     root = __import__("conftest").ROOT / "examples" / "news_category"
     out = tmp_path / "r"
@@ -199,7 +213,7 @@ def test_every_run_is_temperature_calibrated_without_changing_answers(tmp_path):
 def test_adjust_adds_offsets_then_divides_the_logits_by_the_temperature():
     logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     soft = lambda z: np.exp(z) / np.exp(z).sum(1, keepdims=True)  # noqa: E731
-    from classifine.predictor import adjust
+    from classifine.scoring.decision import adjust
 
     assert np.allclose(adjust("single_label", soft(logits), {"temperature": 2.0}), soft(logits / 2.0))
     assert np.allclose(adjust("multi_label", soft(logits), {"temperature": 2.0}), soft(logits))  # sigmoids are left alone
@@ -209,7 +223,7 @@ def test_adjust_adds_offsets_then_divides_the_logits_by_the_temperature():
 
 
 def test_a_temperature_that_worsens_validation_calibration_is_not_applied():
-    from classifine.predictor import calibration
+    from classifine.scoring.decision import calibration
 
     # overconfident scores from a known temperature: the fitted one is applied and lowers ECE
     rng = np.random.default_rng(0)
@@ -231,7 +245,7 @@ def test_a_temperature_that_worsens_validation_calibration_is_not_applied():
 def test_class_offsets_bring_back_a_rare_class_the_model_ranks_well_but_never_puts_on_top():
     from types import SimpleNamespace
 
-    from classifine.predictor import macro_f1_of, tune_decision
+    from classifine.scoring.decision import macro_f1_of, tune_decision
 
     # 3 classes, the third rare (4%): its score is informative but shifted down by 3.5, so it never tops a row
     rng = np.random.default_rng(0)
@@ -246,7 +260,7 @@ def test_class_offsets_bring_back_a_rare_class_the_model_ranks_well_but_never_pu
     decision = tune_decision(task, probs, labels)
     before, after = decision["macro_f1_validation"]
     assert after >= before + 0.1 and decision["offsets"][2] > 0
-    from classifine.predictor import adjust
+    from classifine.scoring.decision import adjust
 
     pred = adjust("single_label", probs, decision).argmax(1)
     assert macro_f1_of(pred, gold, 3) == pytest.approx(after, abs=1e-4)
@@ -260,7 +274,7 @@ def test_class_offsets_bring_back_a_rare_class_the_model_ranks_well_but_never_pu
 
 
 def test_class_offsets_that_only_fit_the_noise_of_a_small_validation_set_are_refused():
-    from classifine.predictor import _ascend, macro_f1_of, tune_offsets
+    from classifine.scoring.decision import _ascend, macro_f1_of, tune_offsets
 
     fitted = refused = 0
     for seed in range(20):  # scores that carry no information: any gain is noise

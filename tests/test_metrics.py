@@ -6,7 +6,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from classifine import metrics as M
+from classifine.scoring import metrics as M
 
 SEEDS = [0, 1, 2, 3, 7]
 # 'd' never predicted, 'e' never in the reference, 'never' in neither

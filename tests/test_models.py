@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from classifine import models
+from classifine.core import models
 from classifine.errors import ModelError
 
 

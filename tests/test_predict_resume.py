@@ -15,8 +15,8 @@ import pytest
 
 import classifine
 from classifine.errors import DataError
-from classifine.predictor import Predictor, predict_file
-from classifine.resumable import sidecar_paths
+from classifine.predict.predictor import Predictor, predict_file
+from classifine.predict.resumable import sidecar_paths
 
 from toy import rows
 

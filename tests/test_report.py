@@ -15,13 +15,13 @@ from sklearn import metrics as skm
 from typer.testing import CliRunner
 
 import classifine
-from classifine import metrics as M
+from classifine.scoring import metrics as M
 from classifine.cli import app
-from classifine.data import load_examples
-from classifine.predictor import Predictor
-from classifine.report import INVALID, assemble, evaluate, evaluate_run
-from classifine.render import render_html, render_markdown
-from classifine.task import load_task, parse_task
+from classifine.core.data import load_examples
+from classifine.predict.predictor import Predictor
+from classifine.evaluation.report import INVALID, assemble, evaluate, evaluate_run
+from classifine.evaluation.render import render_html, render_markdown
+from classifine.core.task import load_task, parse_task
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWS = ROOT / "examples" / "news_category" / "task.yaml"

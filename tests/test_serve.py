@@ -22,10 +22,10 @@ import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 import classifine  # noqa: E402
-from classifine.batching import MicroBatcher, ShuttingDown  # noqa: E402
+from classifine.serve.batching import MicroBatcher, ShuttingDown  # noqa: E402
 from classifine.errors import ConfigError  # noqa: E402
-from classifine.predictor import Predictor  # noqa: E402
-from classifine.serve import ServeSettings, create_app  # noqa: E402
+from classifine.predict.predictor import Predictor  # noqa: E402
+from classifine.serve.app import ServeSettings, create_app  # noqa: E402
 
 RECORD = {"title": "striker scores in the league match", "body": "the coach praised the goal at the stadium"}
 
@@ -339,7 +339,10 @@ def test_sigterm_finishes_in_flight_requests(runs):
         async def load():
             async with httpx.AsyncClient(timeout=30) as c:
                 tasks = [asyncio.create_task(c.post(url, json={"inputs": [RECORD] * 128})) for _ in range(30)]
-                await asyncio.sleep(0.3)  # sent, and queued behind each other (one request per model call)
+                # sent, and queued behind each other (one request per model call): stop the server as soon
+                # as the first answer shows it is working through them, however fast this machine is
+                while not any(t.done() for t in tasks):
+                    await asyncio.sleep(0.005)
                 pending = sum(not t.done() for t in tasks)
                 proc.send_signal(signal.SIGTERM)
                 return pending, await asyncio.gather(*tasks, return_exceptions=True)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import classifine
-from classifine import models
+from classifine.core import models
 
 from conftest import ROOT, SHARED
 
@@ -135,7 +135,7 @@ def test_sft_gemma_extraction_always_parses(tmp_path):
 
 
 def test_zero_shot_smollm2_scores_every_label(tmp_path):
-    from classifine.zeroshot import zero_shot
+    from classifine.training import zero_shot
 
     m = zero_shot(EXAMPLE / "task.yaml", "smollm2-135m", tmp_path / "base", data=_subset(tmp_path, "test", 3, "en"), progress=False)
     assert m["n"] == 18 and m["invalid_output"]["rate"] == 0.0

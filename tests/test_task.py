@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from classifine.errors import TaskError
-from classifine.task import KINDS, TaskSpec, load_task, parse_task
+from classifine.core.task import KINDS, TaskSpec, load_task, parse_task
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SPECS = sorted(ROOT.glob("examples/*/task.yaml"))

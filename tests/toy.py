@@ -13,6 +13,8 @@ WORDS = {
     "weather": ["rain", "storm", "sunny", "forecast", "snow", "wind", "태풍", "날씨"],
 }
 NOISE = ["the", "a", "today", "news", "report", "city", "오늘", "뉴스", "people", "week"]
+# quick settings for the generative methods on the tiny Gemma
+QUICK = {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3, "eval_rows": 8, "max_length": 128}
 ORGS = ["Acme Corp", "Globex", "Initech", "Umbrella", "Hooli", "삼성전자"]
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .errors import ClassifineError, ConfigError, DataError, ModelError, RunError, TaskError
-from .task import TaskSpec, load_task
+from .core.task import TaskSpec, load_task
 
 __version__ = "0.1.0"
 
@@ -16,7 +16,7 @@ def train(*args, **kwargs):
 
 def load(run_dir):
     """Load a finished run for prediction: ``classifine.load("runs/x").predict([{"title": ...}])``."""
-    from .predictor import Predictor
+    from .predict.predictor import Predictor
 
     return Predictor.load(run_dir)
 

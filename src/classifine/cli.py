@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from .errors import ClassifineError, ConfigError
+from .methods import METHODS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Turn language models into dependable text classifiers (see README.md).")
@@ -72,13 +73,18 @@ def parse_settings(pairs: list[str], config_file: Optional[Path]) -> dict:
 
 
 def _summary(metrics: dict, title: str) -> None:
+    from .scoring.kinds import KINDS, METRICS
+
     table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("accuracy", "subset_accuracy", "macro_f1", "weighted_f1", "micro_f1", "mae", "docs_per_second"):
-        if key in metrics and metrics[key] is not None:
+    keys = KINDS[metrics["kind"]].summary if metrics.get("kind") in KINDS else ()
+    for key in keys:
+        if metrics.get(key) is not None:
             v = metrics[key]
-            table.add_row(key, f"{v:.2f}" if key in ("mae", "docs_per_second") else f"{100 * v:.2f}%")
+            table.add_row(key, f"{100 * v:.2f}%" if METRICS[key].unit == "pct" else f"{v:.2f}")
+    if metrics.get("docs_per_second") is not None:
+        table.add_row("docs_per_second", f"{metrics['docs_per_second']:.2f}")
     out.print(table)
 
 
@@ -86,7 +92,7 @@ def _summary(metrics: dict, title: str) -> None:
 @handled
 def train(
     task: Path = typer.Argument(..., help="task spec (YAML)"),
-    method: str = typer.Option(..., "--method", "-m", help="tfidf | embed | head"),
+    method: str = typer.Option(..., "--method", "-m", help=f"one of: {' | '.join(METHODS)} (see `classifine methods`)"),
     model: Optional[str] = typer.Option(None, "--model", help="gemma-3-270m | minilm-l6 | smollm2-135m | local path | HF id"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<task>-<method>)"),
     train_file: Optional[Path] = typer.Option(None, "--train", help="training data (overrides data.train)"),
@@ -100,7 +106,7 @@ def train(
 ):
     """Train a classifier from a task spec; evaluates on the test data when there is any."""
     _setup_logging(quiet)
-    from .task import load_task
+    from .core.task import load_task
     from .training import train as run_train
 
     spec = load_task(task)
@@ -108,7 +114,7 @@ def train(
     values = parse_settings(settings, config_file)
     run = run_train(spec, method=method, model=model, out=out_dir, train=train_file, validation=validation_file,
                     test=test_file, config=values, overwrite=overwrite, resume=resume, progress=not quiet)
-    from .runs import process_rank
+    from .core.runs import process_rank
 
     if process_rank()[0] != 0:  # under `accelerate launch` the main process reports for all
         return
@@ -142,8 +148,8 @@ def eval_cmd(
                               ["e.g. classifine eval --model smollm2-135m --task task.yaml --out runs/base"])
         if decoding not in ("score", "generate"):
             raise ConfigError(f"unknown decoding {decoding!r}", ["use score or generate"])
-        from .task import load_task
-        from .zeroshot import zero_shot
+        from .core.task import load_task
+        from .training import zero_shot
 
         spec = load_task(task)
         target = out_dir or Path("runs") / f"{spec.name}-zeroshot-{Path(model).name}"
@@ -153,7 +159,7 @@ def eval_cmd(
         return
     if run_dir is None:
         raise ConfigError("nothing to evaluate", ["pass a run directory, or --model and --task for a zero-shot run"])
-    from .report import evaluate_run
+    from .evaluation.report import evaluate_run
 
     metrics = evaluate_run(run_dir, data, out_dir=out_dir, progress=not quiet, top=top)
     _summary(metrics, f"{run_dir} on {metrics['data']}")
@@ -165,8 +171,8 @@ def _emit(result: dict, output: Optional[Path], as_json: bool) -> None:
     """Markdown (or JSON) to stdout or a file; printed plainly so it can be pasted into a card."""
     import json
 
-    from .compare import to_markdown
-    from .runs import atomic_write_text
+    from .core.runs import atomic_write_text
+    from .evaluation.compare import to_markdown
 
     text = json.dumps(result, ensure_ascii=False, indent=2) + "\n" if as_json else to_markdown(result)
     if output is None:
@@ -187,7 +193,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="JSON instead of Markdown"),
 ):
     """Compare runs on the same data: overall, per slice, per subset and per class, Δ in percentage points."""
-    from . import compare as C
+    from .evaluation import compare as C
 
     if leaderboard_mode and align_on:
         raise ConfigError("--align-on does not apply to --leaderboard", ["a leaderboard needs every run evaluated on the same file"])
@@ -202,7 +208,7 @@ def leaderboard(
     as_json: bool = typer.Option(False, "--json", help="JSON instead of Markdown"),
 ):
     """Rank every evaluated run of one task: quality next to training time, docs/s and model size."""
-    from .compare import leaderboard as board
+    from .evaluation.compare import leaderboard as board
 
     _emit(board(dirs), output, as_json)
 
@@ -220,7 +226,7 @@ def card(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="default: RUN/MODEL_CARD.md"),
 ):
     """Write a Hugging Face model card (MODEL_CARD.md) from the run's metrics and configuration."""
-    from .card import write_card
+    from .evaluation.card import write_card
 
     path = write_card(run_dir, output=output, base=base, align_on=align_on, license=license,
                       languages=language or None, name=name, usage_path=usage_path)
@@ -242,12 +248,39 @@ def predict(
 
     Finished rows are kept when the run is interrupted; re-running the same command continues."""
     _setup_logging(quiet)
-    from .predictor import predict_file
+    from .predict.predictor import predict_file
 
     info = predict_file(run_dir, input_path, output_path, batch_size=batch_size, progress=not quiet, overwrite=overwrite,
                         sync_seconds=sync_seconds)
     resumed = f", resumed after {info['resumed_from']}" if info.get("resumed_from") else ""
     out.print(f"{info['records']} records → {info['output']} ({info['records_per_second']} rec/s{resumed})")
+
+
+@app.command("predict-ray")
+@handled
+def predict_ray(
+    run_dir: Path = typer.Argument(..., help="run directory (on the driver; each Ray actor loads it)"),
+    input_path: str = typer.Argument(..., help="CSV/TSV/JSONL/Parquet file, a folder of Parquet shards, or any "
+                                               "path Ray Data reads (s3://...)"),
+    output: str = typer.Argument(..., help="a folder of Parquet shards, or one .jsonl/.csv file in input order"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="Ray actors, each holding one Predictor"),
+    num_cpus: float = typer.Option(1.0, "--num-cpus", help="CPUs reserved per actor (fractions work)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+):
+    """Predict a corpus on Ray Data (one machine or a cluster): map_batches with one Predictor per actor."""
+    _setup_logging(quiet=True)
+    from .predict.distributed import predict_ray as run_ray
+
+    info = run_ray(run_dir, input_path, output, batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus,
+                   address=address)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(info))
+    else:
+        out.print(f"{info['records']} records → {info['output']} ({info['records_per_second']} rec/s)")
 
 
 @app.command()
@@ -271,8 +304,8 @@ def serve(
     """Serve a run over HTTP: POST /v1/classify, GET /v1/task, /healthz, /metrics, playground at /."""
     _setup_logging(quiet=False)
     logging.getLogger("classifine.serve").setLevel(logging.INFO)
-    from .serve import ServeSettings
-    from .serve import serve as run_server
+    from .serve.app import ServeSettings
+    from .serve.app import serve as run_server
 
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batching=not no_batching,
                              max_records=max_records, max_chars=max_chars, token=token)
@@ -283,7 +316,7 @@ def serve(
 @app.command()
 def models():
     """List the packaged offline models."""
-    from .models import PACKAGED
+    from .core.models import PACKAGED
 
     table = Table("name", "package", "languages", "kind")
     for m in PACKAGED.values():
@@ -294,8 +327,6 @@ def models():
 @app.command()
 def methods():
     """List the training methods."""
-    from .methods import METHODS
-
     table = Table("method", "what")
     for name, what in METHODS.items():
         table.add_row(name, what)

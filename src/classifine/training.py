@@ -1,7 +1,9 @@
 """``classifine.train``: the one entry point every method goes through. Reads top to bottom:
-setup (spec, settings, data) → train → save (run directory) → evaluate on the test data."""
+setup (spec, settings, data) → train → save (run directory) → tune decisions on validation →
+evaluate on the test data. ``zero_shot`` is the same path with the ``zeroshot`` method."""
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -10,15 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from .data import label_stats, load_examples, split_validation
+from .core.data import label_stats, load_examples, split_validation
+from .core.models import describe, resolve
+from .core.runs import (Run, atomic_write_text, atomic_write_yaml, barrier, fit_dir, hardware, library_versions,
+                        prepare_run_dir, process_rank)
+from .core.task import TaskSpec, as_task
 from .errors import ConfigError, DataError
+from .evaluation.report import evaluate
 from .methods import build_config, check_kind, get_method
-from .models import describe
-from .predictor import Predictor, save_decision, tune_decision
-from .report import batched_proba, evaluate, evaluate_run  # noqa: F401  (evaluate_run: kept for callers)
-from .runs import (Run, atomic_write_text, atomic_write_yaml, barrier, fit_dir, hardware, library_versions,
-                   prepare_run_dir, process_rank)
-from .task import TaskSpec, as_task
+from .predict.predictor import Predictor, batched_proba, save_decision
+from .scoring.decision import tune_decision
 
 log = logging.getLogger("classifine")
 
@@ -51,24 +54,30 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
         raise ConfigError(f"method {method} needs a model", ["pass --model, e.g. --model gemma-3-270m or --model minilm-l6"])
     if not module.NEEDS_MODEL and model:
         raise ConfigError(f"method {method} uses no pretrained model", ["drop --model"])
-    train_path = _path(train, task, "train")
-    if train_path is None:
-        raise DataError("no training data", ["pass --train FILE or set data.train in the task spec"])
-    train_ex = load_examples(task, train_path)
-    val_path = _path(validation, task, "validation")
-    if val_path is not None:
-        val_ex = load_examples(task, val_path)
-    else:
-        train_ex, val_ex = split_validation(task, train_ex, seed=settings.seed)
+    if model:
+        resolve(model)  # an unknown or missing model fails before anything is read or written
+    train_path = val_path = None
+    train_ex = val_ex = None
+    if module.TRAINS:
+        train_path = _path(train, task, "train")
+        if train_path is None:
+            raise DataError("no training data", ["pass --train FILE or set data.train in the task spec"])
+        train_ex = load_examples(task, train_path)
+        val_path = _path(validation, task, "validation")
+        if val_path is not None:
+            val_ex = load_examples(task, val_path)
+        else:
+            train_ex, val_ex = split_validation(task, train_ex, seed=settings.seed)
     test_path = _path(test, task, "test")
     test_ex = load_examples(task, test_path) if test_path is not None else None
-    stats = {"train": label_stats(task, train_ex), "validation": label_stats(task, val_ex)}
+    stats = {"train": label_stats(task, train_ex), "validation": label_stats(task, val_ex)} if train_ex else {}
     set_seed(settings.seed)
     rank, _ = process_rank()  # under `accelerate launch`, only rank 0 writes the run directory
     if rank == 0:
         run_dir = prepare_run_dir(out, overwrite=overwrite, resume=resume)
         frozen = task.model_copy(update={"data": task.data.model_copy(update={
-            "train": str(train_path.resolve()), "validation": str(val_path.resolve()) if val_path else None,
+            "train": str(train_path.resolve()) if train_path else None,
+            "validation": str(val_path.resolve()) if val_path else None,
             "test": str(test_path.resolve()) if test_path else None})})
         atomic_write_text(run_dir / "task.yaml", frozen.to_yaml())
     barrier()
@@ -84,25 +93,25 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
         return Run.load(run_dir)
 
     # --- save: configuration first, so the run loads; then decisions tuned on validation ---
+    data = {"test": str(test_path) if test_path else None, "test_rows": len(test_ex) if test_ex else 0}
+    if module.TRAINS:
+        data = {"train": str(train_path), "validation": str(val_path) if val_path else "held out from train",
+                **data, "train_rows": len(train_ex), "validation_rows": len(val_ex)}
     record = {
         "method": method, "model": model, "model_info": describe(model) if model else None,
-        "config": settings.model_dump(mode="json"), "seed": settings.seed,
-        "data": {"train": str(train_path), "validation": str(val_path) if val_path else "held out from train",
-                 "test": str(test_path) if test_path else None, "train_rows": len(train_ex),
-                 "validation_rows": len(val_ex), "test_rows": len(test_ex) if test_ex else 0},
-        "label_stats": stats, "warnings": train_ex.warnings + val_ex.warnings,
+        "config": settings.model_dump(mode="json"), "seed": settings.seed, "data": data,
+        "label_stats": stats, "warnings": (train_ex.warnings + val_ex.warnings) if train_ex else [],
         "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(), "hardware": hardware(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_yaml(run_dir / "config.yaml", record)
     run = Run.load(run_dir)
     predictor = Predictor.load(run)
-    if task.kind != "extraction":
+    if task.kind != "extraction" and val_ex is not None:
         # class_weight none = no imbalance handling at all, so no class offsets either
         decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,
-                                 calibrate=getattr(settings, "calibrate", True),
-                                 offsets=getattr(settings, "class_weight", "balanced") != "none")
-        save_decision(run, decision)
+                                 calibrate=getattr(settings, "calibrate", True), offsets=settings.class_weight != "none")
+        save_decision(run.model_dir, decision)
         predictor.decision = decision
 
     # --- evaluate on the test data, when there is any ---
@@ -110,3 +119,17 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
         evaluate(predictor, test_ex, run_dir, progress=progress)
     barrier()
     return run
+
+
+def zero_shot(task: TaskSpec | str | Path, model: str, out: str | Path, data: str | Path | None = None,
+              decoding: str = "score", max_length: int = 512, overwrite: bool = False, progress: bool = True) -> dict:
+    """A causal LM evaluated on the task without training (``classifine eval --model M --task T``):
+    an ordinary run of the ``zeroshot`` method, so report, compare and card treat the base model
+    like any fine-tuned run. Returns the evaluation's metrics."""
+    task = as_task(task)
+    path = Path(data) if data is not None else task.data_path("test")
+    if path is None:
+        raise DataError("no evaluation data", ["pass --data FILE or set data.test in the task spec"])
+    run = train(task, "zeroshot", out, model=model, test=path, overwrite=overwrite, progress=progress,
+                config={"decoding": decoding, "max_length": max_length})
+    return json.loads((run.dir / "metrics.json").read_text(encoding="utf-8"))

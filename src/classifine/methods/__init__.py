@@ -1,22 +1,22 @@
-"""Training methods, one module each with the same shape (DESIGN.md §3):
-
-- ``Config``: a pydantic model of the method's hyper-parameters (unknown keys are errors);
-- ``KINDS``: the task kinds it supports, and ``REFUSED``: why the others are refused;
-- ``NEEDS_MODEL``: whether ``--model`` is required;
-- ``fit(task, train, validation, config, model, run_dir, progress, resume) -> dict``: trains and
-  saves into ``run_dir/model`` (checkpoints and logs beside it), returns facts for config.yaml;
-- ``Scorer.load(model_dir)`` with ``predict_proba(texts) -> (n, n_labels) array``.
+"""Training methods: one module each, all of the shape ``Method`` names (a Protocol: a shape to
+match, not a base class to inherit code from; TRL's config/trainer pairs and torchtune's recipe
+interface are the model). Settings shared by methods are declared once in ``core/settings.py``;
+machinery shared by the generative methods lives in ``generative/``, never in a sibling method.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
-from types import ModuleType
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
-from pydantic import ValidationError
+import numpy as np
+from pydantic import BaseModel, ValidationError
 
+from ..core.data import Examples
+from ..core.task import TaskSpec
 from ..errors import ConfigError
+from ..generative.causal_lm import GenerativeScorer
 
 METHODS = {
     "tfidf": "TF-IDF char n-grams + logistic regression (the baseline)",
@@ -25,10 +25,39 @@ METHODS = {
     "sft": "causal LM + LoRA answering the task prompt; label scoring, calibrated, schema-constrained JSON",
     "orpo": "ORPO preference tuning (TRL) on gold vs the model's own wrong answers; multi-task",
     "pretrain": "BPE tokenizer + small Llama-style LM from scratch on the texts, then sft on it",
+    "zeroshot": "a causal LM as it is, no training: label scoring from the task prompt (the base-model row)",
 }
 
 
-def get_method(name: str) -> ModuleType:
+class Scorer(Protocol):
+    """Loads a run's ``model/`` folder and gives a probability for every label of each text."""
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "Scorer": ...
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What a method module provides.
+
+    ``fit`` trains (unless ``TRAINS`` is False) and saves into ``run_dir/model`` (checkpoints and
+    logs beside it) and returns facts for config.yaml. Methods only produce probabilities; turning
+    them into answers, and what is tuned on validation for that, is shared (scoring/decision.py)."""
+
+    Config: type[BaseModel]       # the method's settings; unknown keys are errors
+    KINDS: tuple[str, ...]        # task kinds it supports
+    REFUSED: dict[str, str]       # why each other kind is refused, with what to use instead
+    NEEDS_MODEL: bool             # whether --model is required
+    TRAINS: bool                  # False: no training data is read (zeroshot)
+    Scorer: type[Scorer]          # generative methods use generative.causal_lm.GenerativeScorer
+
+    def fit(self, task: TaskSpec, train: Examples | None, validation: Examples | None, config: Any, model: str | None,
+            run_dir: Path, progress: bool = True, resume: bool = False) -> dict: ...
+
+
+def get_method(name: str) -> Method:
     if name not in METHODS:
         hint = difflib.get_close_matches(name, list(METHODS), n=1)
         raise ConfigError(f"unknown method {name!r}",
@@ -36,7 +65,12 @@ def get_method(name: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def build_config(method: ModuleType, name: str, values: dict[str, Any], labels: list[str]):
+def is_generative(name: str) -> bool:
+    """Whether a method's runs answer with a causal LM (a generative run: pipeline tag, vLLM serving)."""
+    return name in METHODS and issubclass(get_method(name).Scorer, GenerativeScorer)
+
+
+def build_config(method: Method, name: str, values: dict[str, Any], labels: list[str]):
     """Validate hyper-parameters, reporting every problem at once with the fix."""
     problems: list[str] = []
     config = None
@@ -62,7 +96,7 @@ def build_config(method: ModuleType, name: str, values: dict[str, Any], labels: 
     return config
 
 
-def check_kind(method: ModuleType, name: str, kind: str) -> None:
+def check_kind(method: Method, name: str, kind: str) -> None:
     if kind not in method.KINDS:
         raise ConfigError(f"method {name!r} does not support {kind} tasks",
                           [method.REFUSED.get(kind, f"supported kinds: {', '.join(method.KINDS)}")])

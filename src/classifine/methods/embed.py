@@ -13,29 +13,28 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..data import Examples
+from ..core.data import Examples
+from ..core.models import is_decoder, resolve
+from ..core.settings import Settings
+from ..core.task import TaskSpec
 from ..errors import ModelError
-from ..heads import fit_head, load_head, make_head
-from ..models import is_decoder, resolve
-from ..task import TaskSpec
+from .linear import fit_head, load_head, make_head
 
 KINDS = ("single_label", "multi_label", "ordinal")
 REFUSED = {"extraction": "a pooled embedding has no token positions to name entities from: use method sft for extraction"}
 NEEDS_MODEL = True
+TRAINS = True
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(Settings):
     pooling: Literal["auto", "mean", "last", "cls"] = "auto"
     prefix: str = ""              # e.g. "passage: " for E5-style encoders
     max_length: int = Field(default=256, ge=8)
     batch_size: int = Field(default=16, ge=1)
     normalize: bool = True        # L2-normalise embeddings before the head
     C: float = Field(default=1.0, gt=0)
-    class_weight: Literal["balanced", "none"] | dict[str, float] = "balanced"
-    seed: int = 13
 
 
 class Encoder:

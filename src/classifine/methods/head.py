@@ -13,44 +13,30 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..data import Examples
-from ..errors import ConfigError, ModelError
-from ..heads import class_weights, ordinal_probabilities
-from ..models import resolve
-from ..task import TaskSpec
+from ..core.data import Examples
+from ..core.settings import (AdapterSettings, NonNegative, Positive, TrainerSettings, has_checkpoint, load_for_training,
+                             trainer_callbacks, training_arguments)
+from ..core.task import TaskSpec
+from ..scoring.decision import class_weights, ordinal_probabilities, probabilities
+from ..scoring.kinds import validation_metrics
 
 KINDS = ("single_label", "multi_label", "ordinal")
 REFUSED = {"extraction": "a sequence-classification head labels whole texts and cannot name entities: use method sft for extraction"}
 NEEDS_MODEL = True
+TRAINS = True
 META = "classifine_head.json"
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    epochs: float = Field(default=3.0, gt=0)
-    max_steps: int = -1
-    learning_rate: float | None = Field(default=None, gt=0)   # None: 5e-5 full, 2e-4 LoRA
-    batch_size: int = Field(default=8, ge=1)
-    gradient_accumulation: int = Field(default=1, ge=1)
+class Config(TrainerSettings, AdapterSettings):
+    epochs: Positive = 3.0
+    learning_rate: Positive | None = None                     # None: 5e-5 full, 2e-4 LoRA
     max_length: int = Field(default=256, ge=8)
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup: float = Field(default=0.1, ge=0)                  # < 1: fraction of steps; else steps
-    weight_decay: float = Field(default=0.01, ge=0)
+    warmup: NonNegative = 0.1
+    weight_decay: NonNegative = 0.01
     lora: bool = False
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    load_in_4bit: bool = False
-    eval_steps: int | None = Field(default=None, ge=1)        # None: evaluate once per epoch
     metric: Literal["macro_f1", "accuracy", "micro_f1", "weighted_f1", "mae"] = "macro_f1"
-    early_stopping_patience: int = Field(default=3, ge=1)
-    class_weight: Literal["balanced", "none"] | dict[str, float] = "balanced"
-    gradient_checkpointing: bool = False
-    logging_steps: int = Field(default=10, ge=1)
-    seed: int = 13
 
 
 def _targets(task: TaskSpec, labels: list) -> list:
@@ -97,67 +83,33 @@ def _loss_fn(task: TaskSpec, train: Examples, class_weight):
 
 
 def _probabilities(kind: str, logits: np.ndarray, n_labels: int, sigma: float) -> np.ndarray:
-    logits = np.asarray(logits, dtype=np.float64)
-    if kind == "multi_label":
-        return 1.0 / (1.0 + np.exp(-logits))
     if kind == "ordinal":
-        return ordinal_probabilities(logits.reshape(-1), sigma, n_labels)
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+        return ordinal_probabilities(np.asarray(logits, dtype=np.float64).reshape(-1), sigma, n_labels)
+    return probabilities(kind, logits)
 
 
 def _load_model(task: TaskSpec, model: str, config: Config):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    path = resolve(model)
     names = task.label_names
-    extra = {}
-    if config.load_in_4bit:
-        if not torch.cuda.is_available():
-            raise ConfigError("load_in_4bit needs a CUDA GPU", ["set load_in_4bit: false on CPU (LoRA alone still works)"])
-        from transformers import BitsAndBytesConfig
-
-        extra["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
     if task.kind == "ordinal":
         label_args = {"num_labels": 1, "problem_type": "regression", "id2label": {0: "score"}, "label2id": {"score": 0}}
     else:
         label_args = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)},
                       "problem_type": "multi_label_classification" if task.kind == "multi_label" else "single_label_classification"}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        net = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **label_args, **extra)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load {model!r} for sequence classification", [str(e).splitlines()[0]]) from e
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    net.config.pad_token_id = tokenizer.pad_token_id
-    if config.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        net = prepare_model_for_kbit_training(net)
-    if config.lora or config.load_in_4bit:
-        from peft import LoraConfig, get_peft_model
-
-        net = get_peft_model(net, LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha,
-                                             lora_dropout=config.lora_dropout, target_modules=config.target_modules))
+    tokenizer, net = load_for_training(AutoModelForSequenceClassification, model, config, "SEQ_CLS",
+                                       "for sequence classification", **label_args)
+    net.config.pad_token_id = tokenizer.pad_token_id  # decoders classify from the last non-pad token
     return tokenizer, net
 
 
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
-    import torch
     from datasets import Dataset
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
-    from transformers.integrations import TensorBoardCallback
-
-    from ..predictor import decide
-    from ..report import compute_metrics
+    from transformers import DataCollatorWithPadding, Trainer
 
     # --- setup ---
-    model_dir, ckpt_dir = run_dir / "model", run_dir / "checkpoints"
+    model_dir = run_dir / "model"
     tokenizer, net = _load_model(task, model, config)
 
     def encode(examples: Examples) -> Dataset:
@@ -169,34 +121,18 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     names = task.label_names
 
     def metrics(ev) -> dict:
-        probs = _probabilities(task.kind, ev.predictions, len(names), sigma=1.0)
-        pred = decide(task.kind, names, probs, {})
-        out = compute_metrics(task, validation.labels, pred, probs)
-        return {k: out[k] for k in ("macro_f1", "accuracy", "micro_f1", "weighted_f1", "mae", "subset_accuracy") if k in out}
+        return validation_metrics(task, validation.labels, _probabilities(task.kind, ev.predictions, len(names), sigma=1.0))
 
     lr = config.learning_rate or (2e-4 if config.lora or config.load_in_4bit else 5e-5)
-    per_epoch = "epoch" if config.eval_steps is None else "steps"
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), num_train_epochs=config.epochs, max_steps=config.max_steps, learning_rate=lr,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size * 2,
-        gradient_accumulation_steps=config.gradient_accumulation, lr_scheduler_type=config.scheduler,
-        warmup_steps=config.warmup, weight_decay=config.weight_decay,
-        eval_strategy=per_epoch, save_strategy=per_epoch, eval_steps=config.eval_steps, save_steps=config.eval_steps,
-        save_total_limit=2, load_best_model_at_end=True, metric_for_best_model=config.metric,
-        greater_is_better=config.metric != "mae", logging_steps=config.logging_steps, report_to="none",
-        seed=config.seed, use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}), disable_tqdm=not progress, save_only_model=False,
-    )
-    tensorboard = TensorBoardCallback()
-    tensorboard.logging_dir = str(run_dir / "logs")
+    args = training_arguments(config, run_dir, config.metric, progress, learning_rate=lr,
+                              per_device_eval_batch_size=config.batch_size * 2)
     trainer = Trainer(model=net, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer), compute_loss_func=_loss_fn(task, train, config.class_weight),
-                      compute_metrics=metrics,
-                      callbacks=[EarlyStoppingCallback(config.early_stopping_patience), tensorboard])
+                      compute_metrics=metrics, callbacks=trainer_callbacks(config, run_dir))
 
     # --- train ---
-    has_checkpoint = resume and any(ckpt_dir.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    resumed = has_checkpoint(run_dir, resume)
+    result = trainer.train(resume_from_checkpoint=True if resumed else None)
 
     # --- save: a plain transformers folder (LoRA merged; adapter kept beside it) ---
     trainable = int(sum(p.numel() for p in net.parameters() if p.requires_grad))
@@ -215,8 +151,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
                                               "sigma": sigma, "base_model": model}, ensure_ascii=False, indent=1))
     return {"steps": int(result.global_step), "train_loss": float(result.training_loss),
             "best_checkpoint": trainer.state.best_model_checkpoint, "best_metric": trainer.state.best_metric,
-            "trainable_parameters": trainable,
-            "resumed": bool(has_checkpoint)}
+            "trainable_parameters": trainable, "resumed": resumed}
 
 
 class Scorer:

@@ -9,23 +9,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..data import Examples, read_table
+from ..core.data import Examples, read_table
+from ..core.settings import Settings
+from ..core.task import TaskSpec
 from ..errors import DataError
-from ..generative import GenerativeScorer, answer_budget
-from ..prompts import PromptFormat, truncate_texts
-from ..task import TaskSpec
-from . import sft
+from ..generative.causal_lm import GenerativeScorer
+from ..generative.prompts import PromptFormat, answer_budget, truncate_texts
+from . import build_config, sft
 
 KINDS = ("single_label", "multi_label", "ordinal", "extraction")
 REFUSED: dict[str, str] = {}
 NEEDS_MODEL = False
+TRAINS = True
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(Settings):
     corpus: str | None = None          # extra raw text: .txt (one document per line) or a table with a `text` column
     vocab_size: int = Field(default=8000, ge=300)
     hidden_size: int = Field(default=256, ge=16)
@@ -36,8 +37,6 @@ class Config(BaseModel):
     pretrain_learning_rate: float = Field(default=1e-3, gt=0)
     pretrain_batch_size: int = Field(default=16, ge=1)
     sft: dict = Field(default_factory=dict)   # settings for the sft stage (full fine-tuning by default)
-    class_weight: str | dict[str, float] = "balanced"
-    seed: int = 13
 
 
 def _corpus(config: Config, train: Examples) -> list[str]:
@@ -111,8 +110,6 @@ def pretrain(tokenizer, texts: list[str], val_texts: list[str], config: Config, 
 
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str | None,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
-    from ..methods import build_config
-
     # --- setup: the sft stage's settings are checked before minutes of pretraining ---
     sft_config = build_config(sft, "sft", {"lora": False, "learning_rate": 5e-4, "epochs": 3,
                                            "class_weight": config.class_weight, "seed": config.seed, **config.sft},

@@ -11,20 +11,21 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from safetensors.numpy import load_file, save_file
 
-from ..data import Examples
-from ..heads import fit_head, load_head, make_head
-from ..task import TaskSpec
+from ..core.data import Examples
+from ..core.settings import Settings
+from ..core.task import TaskSpec
+from .linear import fit_head, load_head, make_head
 
 KINDS = ("single_label", "multi_label", "ordinal")
 NEEDS_MODEL = False
+TRAINS = True
 REFUSED = {"extraction": "tfidf classifies whole texts and cannot name entities: use method sft for extraction"}
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(Settings):
     analyzer: Literal["char_wb", "char", "word"] = "char_wb"
     ngram_min: int = Field(default=1, ge=1)
     ngram_max: int = Field(default=4, ge=1)
@@ -32,8 +33,6 @@ class Config(BaseModel):
     min_df: int = Field(default=1, ge=1)
     sublinear_tf: bool = True
     C: float = Field(default=10.0, gt=0)
-    class_weight: Literal["balanced", "none"] | dict[str, float] = "balanced"
-    seed: int = 13
 
 
 def _vectorizer(config: Config, vocabulary: dict | None = None):

@@ -1,4 +1,4 @@
-"""HTTP serving of a run (DESIGN.md §7): ``classifine serve RUN``.
+"""HTTP serving of a run: ``classifine serve RUN``.
 
 No ``from __future__ import annotations`` here: FastAPI reads the generated request model from the
 route's annotation at run time.
@@ -27,11 +27,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..core.data import records_to_texts
+from ..core.task import TaskSpec
+from ..errors import ClassifineError, ConfigError, DataError, TaskError
+from ..predict.predictor import Predictor
 from .batching import MicroBatcher, Overloaded, ShuttingDown
-from .data import records_to_texts
-from .errors import ClassifineError, ConfigError, DataError, TaskError
-from .serve_metrics import HTTPMetrics, RequestGuard
-from .task import TaskSpec
+from .metrics import HTTPMetrics, RequestGuard
 
 log = logging.getLogger("classifine.serve")
 TOKEN_ENV = "CLASSIFINE_TOKEN"
@@ -287,31 +288,32 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
 
 
 def _version() -> str:
-    from . import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("classifine")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
+        return "0+unknown"
 
 
 def _playground_html() -> str:
-    return resources.files("classifine").joinpath("static/playground.html").read_text(encoding="utf-8")
+    return resources.files("classifine.serve").joinpath("static/playground.html").read_text(encoding="utf-8")
 
 
 # --- running it -------------------------------------------------------------------------------
 
 def load_backend(run_dir: str | Path, backend: Literal["torch", "vllm"] = "torch", trust_remote_code: bool = False):
     """The predictor behind the API. ``torch`` loads the run's own Predictor (safetensors/JSON only);
-    ``vllm`` serves generative runs through vLLM on CUDA (see vllm_backend.py)."""
+    ``vllm`` serves generative runs through vLLM on CUDA (see vllm.py)."""
     if backend == "vllm":
-        from .vllm_backend import VLLMPredictor
+        from .vllm import load_vllm_predictor
 
-        return VLLMPredictor.load(run_dir, trust_remote_code=trust_remote_code)
+        return load_vllm_predictor(run_dir, trust_remote_code=trust_remote_code)
     if backend != "torch":
         raise ConfigError(f"unknown backend {backend!r}", ["use --backend torch (default) or --backend vllm"])
     if trust_remote_code:
         raise ConfigError("--trust-remote-code only applies to --backend vllm",
                           ["the torch backend loads safetensors and JSON only; drop the flag"])
-    from .predictor import Predictor
-
     return Predictor.load(run_dir)
 
 

@@ -3,10 +3,10 @@
 ``predict_ray(run_dir, input, output)`` reads the input with Ray Data, runs ``map_batches`` with a
 callable class that loads the run's ``Predictor`` once per actor, and writes the predictions. The
 same call runs in local mode on a laptop (Ray starts itself) and on a cluster (``ray.init(address=...)``
-or ``RAY_ADDRESS``): scaling out is Ray's job, not ours. From the shell:
+or ``RAY_ADDRESS``): scaling out is Ray's job, not ours. From the shell (cli.py):
 
-    python -m classifine.distributed runs/news-head corpus/*.parquet preds/ --concurrency 8
-    RAY_ADDRESS=auto python -m classifine.distributed runs/news-head s3://bucket/in/ s3://bucket/out/
+    classifine predict-ray runs/news-head corpus/ preds/ --concurrency 8
+    RAY_ADDRESS=auto classifine predict-ray runs/news-head s3://bucket/in/ s3://bucket/out/
 
 Output: a folder of Parquet shards (scales; any Ray-supported path), or one ``.jsonl``/``.csv`` file
 in input order, gathered on the driver (convenient up to what one machine can write). Each row keeps
@@ -15,15 +15,15 @@ the input columns and adds ``prediction`` (multi-label: labels joined by "|"), `
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from .errors import ClassifineError, ConfigError, DataError
-from .runs import Run
+from ..core.runs import Run
+from ..errors import ConfigError, DataError
+from .predictor import Predictor
 
 SINGLE_FILE = (".jsonl", ".csv")
 
@@ -32,8 +32,6 @@ class RayPredictor:
     """The ``map_batches`` callable: one Predictor per Ray actor, loaded from safetensors/JSON."""
 
     def __init__(self, run_dir: str):
-        from .predictor import Predictor
-
         self.predictor = Predictor.load(run_dir)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -74,7 +72,11 @@ def _read(path: str, text_fields: list[str]):
 def predict_ray(run_dir: str | Path, input_path: str | Path, output: str | Path, batch_size: int = 256,
                 concurrency: int = 1, num_cpus: float = 1.0, address: str | None = None) -> dict:
     """Predict ``input_path`` with ``concurrency`` Ray actors of ``num_cpus`` each; see the module doc."""
-    import ray
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError("Ray Data is not installed", ["pip install 'ray[data]' (or classifine[dist])"]) from None
 
     run = Run.load(run_dir)  # fail on the driver, before any worker starts
     problems = []
@@ -131,25 +133,3 @@ def _write_single(ds, output: Path) -> int:
         tmp.unlink(missing_ok=True)
         raise
     return n
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m classifine.distributed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir")
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--concurrency", type=int, default=1, help="Ray actors, each holding one Predictor")
-    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per actor")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    a = p.parse_args(argv)
-    try:
-        info = predict_ray(a.run_dir, a.input, a.output, a.batch_size, a.concurrency, a.num_cpus, a.address)
-    except ClassifineError as e:
-        raise SystemExit(f"error: {e.render()}") from None
-    print(json.dumps(info))
-
-
-if __name__ == "__main__":
-    main()

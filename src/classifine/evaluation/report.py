@@ -1,4 +1,4 @@
-"""Evaluate a run on labelled data and write the artefacts of DESIGN.md §6 (all atomic):
+"""Evaluate a run on labelled data and write the report files of the run directory (all atomic):
 predictions.jsonl, metrics.json, report.md, report.html, confusion.png and reliability.png.
 
 The numbers are assembled once (``assemble``) from plain per-row lists, both when a predictor is
@@ -22,26 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics as M
-from .data import Examples
-from .predictor import Predictor, decide
-from .runs import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..core.data import Examples, load_examples
+from ..core.runs import Run, atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..errors import DataError
+from ..predict.predictor import Predictor
+from ..scoring import metrics as M
+from ..scoring.decision import decide
+from ..scoring.kinds import KINDS, compute_metrics
 
 INVALID = "(invalid)"
-HEADLINE = {"single_label": "accuracy", "ordinal": "accuracy", "multi_label": "subset_accuracy",
-            "extraction": "exact_match"}
 # keys a predictions.jsonl row uses itself; data columns of the same name are not copied
 RESERVED = ("row", "text", "gold", "pred", "confidence", "probabilities", "invalid")
 SNIPPET = 160
-
-
-def batched_proba(predictor: Predictor, texts: list[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    from tqdm.auto import tqdm
-
-    parts = []
-    for i in tqdm(range(0, len(texts), batch_size), desc="evaluate", unit="batch", disable=not progress):
-        parts.append(predictor.predict_proba(texts[i:i + batch_size]))
-    return np.concatenate(parts) if parts else np.zeros((0, len(predictor.labels)))
 
 
 def _score(predictor: Predictor, texts: list[str], batch_size: int = 256, progress: bool = True):
@@ -72,35 +64,10 @@ def _score(predictor: Predictor, texts: list[str], batch_size: int = 256, progre
     return pred, probs, invalid
 
 
-def compute_metrics(task, gold: list, pred: list, probs: np.ndarray | None = None, invalid: list | None = None) -> dict:
-    """The kind's metrics, calibration where probabilities exist, and the invalid-output rate."""
-    labels = task.label_names
-    if task.kind == "extraction":
-        out = M.extraction(gold, pred, task.min_confidence, task.normalize)
-    elif task.kind == "multi_label":
-        ranked = None if probs is None else [[labels[i] for i in np.argsort(-row, kind="stable")] for row in probs]
-        out = M.multi_label(gold, pred, labels, ranked_pred=ranked)
-        if probs is not None:
-            hit = np.array([[lab in g for lab in labels] for g in gold]).reshape(-1)
-            out["calibration"] = M.expected_calibration_error(probs.reshape(-1), hit)
-    else:
-        if task.kind == "ordinal":
-            out = M.ordinal(gold, pred, labels, threshold=None if task.threshold is None else str(task.threshold))
-        else:
-            out = M.single_label(gold, pred, labels)
-        if probs is not None and len(gold):
-            out["calibration"] = M.expected_calibration_error(probs.max(1), [g == p for g, p in zip(gold, pred)])
-    if invalid is not None:
-        out["invalid_output"] = M.invalid_output(invalid)
-    return out
-
-
 def summary(task, m: dict) -> dict:
     """The compact cell of a slice: the headline rate with its counts, plus the kind's second metrics."""
-    keep = {"single_label": ("macro_f1",), "ordinal": ("macro_f1", "mae"), "multi_label": ("micro_f1", "macro_f1"),
-            "extraction": ("precision", "recall", "f1")}[task.kind]
-    head = HEADLINE[task.kind]
-    out = {"n": m["n"], "correct": m["correct"], head: m[head], **{k: m[k] for k in keep}}
+    kind = KINDS[task.kind]
+    out = {"n": m["n"], "correct": m["correct"], kind.headline: m[kind.headline], **{k: m[k] for k in kind.slice_metrics}}
     if "macro_f1" in out:
         # within a slice, a label that never occurs (rating 1 has no positive reviews) would count as
         # F1 0 and halve the average: average over the labels the slice's references contain
@@ -284,10 +251,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, out_dir: s
                  progress: bool = True, top: int = 10) -> dict:
     """``classifine eval``: evaluate a finished run on ``data`` (default: the test file it was
     trained with) and write the report into ``out_dir`` (default: the run directory)."""
-    from .data import load_examples
-    from .errors import DataError
-    from .runs import Run
-
     run = Run.load(run_dir)
     path = Path(data) if data is not None else run.task.data_path("test")
     if path is None:

@@ -1,22 +1,73 @@
-"""Load any run and predict: records in, answer + a probability for every label out.
+"""Decision rules: how a method's probabilities become answers, and what is tuned on validation
+data to make those answers better (pure numpy; scipy for the temperature fit).
 
-Methods only produce probabilities (``Scorer.predict_proba``); turning them into answers is the
-same for every method and lives here, with what was tuned on validation at training time
-(``model/decision.json``): argmax for single_label/ordinal after class offsets (single_label) and a
-calibrating temperature; per-label thresholds and optional top_k for multi_label.
+- ``softmax`` / ``probabilities``: the one softmax; label scores to probabilities per kind.
+- ``class_weights``: the weight of each class for a loss or a sampler (``class_weight`` setting).
+- ``ordinal_probabilities``: a score on a scale to a probability per level.
+- ``decide``: argmax (single_label, ordinal); per-label thresholds and top_k (multi_label).
+- ``tune_decision``: what training fits on validation for every method: per-label thresholds
+  (multi_label), class offsets that raise macro-F1 (single_label), and a temperature.
+- ``adjust``: applies offsets and temperature to a method's probabilities at prediction time.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Iterable
+import math
 
 import numpy as np
 
-from .data import records_to_texts
-from .methods import get_method
-from .runs import Run, atomic_write_json
+from .metrics import expected_calibration_error
 
+ClassWeight = str | dict[str, float] | None
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of scores (log-probabilities, logits, summed token log-probabilities)."""
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def probabilities(kind: str, scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Scores to probabilities: a softmax over labels, or one sigmoid per label (multi_label)."""
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    if kind == "multi_label":
+        return 1.0 / (1.0 + np.exp(-z))
+    return softmax(z)
+
+
+def ordinal_probabilities(score: np.ndarray, sigma: float, n_levels: int) -> np.ndarray:
+    """A normal distribution of width ``sigma`` around each predicted scale position, read at every
+    level: every level gets a probability and the argmax is the nearest level."""
+    levels = np.arange(n_levels, dtype=float)
+    return softmax(-((levels[None, :] - np.asarray(score, dtype=float)[:, None]) ** 2) / (2 * sigma ** 2))
+
+
+def class_weights(labels: list[str], counts: dict[str, int], class_weight: ClassWeight) -> dict[str, float]:
+    """``balanced`` = n / (k * count), as scikit-learn; ``none`` = 1; a mapping is taken as given
+    (labels it leaves out weigh 1)."""
+    if class_weight in (None, "none"):
+        return {lab: 1.0 for lab in labels}
+    if class_weight == "balanced":
+        seen = {lab: c for lab, c in counts.items() if c > 0}
+        total = sum(seen.values())
+        return {lab: (total / (len(seen) * seen[lab]) if lab in seen else 1.0) for lab in labels}
+    return {lab: float(class_weight.get(lab, 1.0)) for lab in labels}
+
+
+def fit_temperature(kind: str, scores: np.ndarray, targets: np.ndarray) -> float:
+    """Temperature minimising validation NLL (Guo et al., 2017). ``targets``: class index per row,
+    or a 0/1 matrix for multi-label."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        p = np.clip(probabilities(kind, scores, math.exp(log_t)), 1e-12, 1 - 1e-12)
+        if kind == "multi_label":
+            return float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
+        return float(-np.log(p[np.arange(len(targets)), targets]).mean())
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(res.x))
 
 def decide(kind: str, labels: list[str], probs: np.ndarray, decision: dict) -> list:
     if kind == "multi_label":
@@ -62,10 +113,7 @@ def adjust(kind: str, probs: np.ndarray, decision: dict) -> np.ndarray:
     z = np.log(np.clip(probs, 1e-12, 1.0))
     if offsets:
         z = z + np.asarray(offsets, dtype=np.float64)
-    z = z / temperature
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+    return softmax(z / temperature)
 
 
 def macro_f1_of(pred: np.ndarray, gold: np.ndarray, k: int) -> float:
@@ -148,9 +196,6 @@ def calibration(kind: str, scores: np.ndarray, targets: np.ndarray) -> dict:
     """The NLL-optimal temperature on validation, with ECE before and after. On a few hundred rows
     the NLL optimum can still make the measured calibration worse; such a temperature is recorded
     (``temperature_fitted``) but not applied."""
-    from .decoding import fit_temperature, probabilities
-    from .metrics import expected_calibration_error
-
     def ece(t: float) -> float:
         p = probabilities(kind, scores, t)
         if kind == "multi_label":  # every (row, label) probability is a prediction
@@ -163,75 +208,3 @@ def calibration(kind: str, scores: np.ndarray, targets: np.ndarray) -> dict:
     return {"temperature": t, "temperature_fitted": fitted, "ece_validation_before": before, "ece_validation_after": ece(t)}
 
 
-class Predictor:
-    def __init__(self, run: Run, scorer, decision: dict):
-        self.run, self.task, self.scorer, self.decision = run, run.task, scorer, decision
-
-    @classmethod
-    def load(cls, run_dir: str | Path | Run) -> "Predictor":
-        run = run_dir if isinstance(run_dir, Run) else Run.load(run_dir)
-        scorer = get_method(run.method).Scorer.load(run.model_dir)
-        path = run.model_dir / "decision.json"
-        decision = json.loads(path.read_text()) if path.exists() else {}
-        return cls(run, scorer, decision)
-
-    @property
-    def labels(self) -> list[str]:
-        return self.task.label_names
-
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        return adjust(self.task.kind, np.asarray(self.scorer.predict_proba(list(texts)), dtype=np.float64), self.decision)
-
-    def format(self, probs: np.ndarray) -> list[dict]:
-        answers = decide(self.task.kind, self.labels, probs, self.decision)
-        out = []
-        for answer, row in zip(answers, probs):
-            item: dict = {}
-            if self.task.kind == "multi_label":
-                item["labels"] = answer
-            else:
-                item["label"] = answer
-                item["confidence"] = round(float(row.max()), 6)
-            item["probabilities"] = {lab: round(float(p), 6) for lab, p in zip(self.labels, row)}
-            out.append(item)
-        return out
-
-    def predict_texts(self, texts: list[str]) -> list[dict]:
-        if self.task.kind == "extraction":
-            return [self.format_entities(found) for found in self.scorer.extract(list(texts))]
-        probs = self.predict_proba(texts)
-        out = self.format(probs)
-        for item, bad in zip(out, getattr(self.scorer, "last_invalid", None) or []):
-            if bad:  # free generation named no label: say so rather than pass off a guess
-                item["invalid"] = True
-        return out
-
-    def format_entities(self, found: list[dict]) -> dict:
-        """Entities at or above the spec's min_confidence; the rest stay visible as candidates."""
-        keep = [e for e in found if e["confidence"] >= self.task.min_confidence]
-        return {self.task.entity: [e["name"] for e in keep], "entities": keep,
-                "below_min_confidence": [e for e in found if e["confidence"] < self.task.min_confidence]}
-
-    def predict(self, records: Iterable[dict]) -> list[dict]:
-        records = list(records)
-        return self.predict_texts(records_to_texts(self.task, records))
-
-
-def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 256,
-                 progress: bool = True, predictor: Predictor | None = None, overwrite: bool = False,
-                 sync_seconds: float = 2.0) -> dict:
-    """Stream ``input_path`` in batches and write one prediction per record (JSONL or CSV).
-
-    Memory stays flat in the input's size. Finished rows survive a crash or Ctrl-C, and running the
-    same command again continues where it stopped (``resumable.py``); a different input or run is
-    refused unless ``overwrite``. The output file appears, complete, only at the end.
-    """
-    from .resumable import predict_file as _predict_file
-
-    predictor = predictor or Predictor.load(run_dir)
-    return _predict_file(predictor, input_path, output_path, batch_size=batch_size, progress=progress,
-                         overwrite=overwrite, sync_seconds=sync_seconds)
-
-
-def save_decision(run: Run, decision: dict) -> None:
-    atomic_write_json(run.model_dir / "decision.json", decision)

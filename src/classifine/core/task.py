@@ -1,4 +1,4 @@
-"""The task spec: one YAML file that describes the job (DESIGN.md §2).
+"""The task spec: one YAML file that describes the job (README.md, "The task spec").
 
 Everything else (prompts, heads, metrics, schemas) is derived from a ``TaskSpec``. ``load_task``
 collects every problem of a spec (YAML syntax, unknown keys, wrong types, cross-field rules) and
@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import TaskError
+from ..errors import TaskError
 
 KINDS = ("single_label", "multi_label", "ordinal", "extraction")
 NORMALIZERS = ("casefold", "whitespace", "strip_suffixes")

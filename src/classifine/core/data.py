@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from ..errors import DataError
 from .task import TaskSpec
 
 log = logging.getLogger("classifine")

@@ -11,10 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RunError
-from .render import NAMES, cell, key_metrics, render_template
-from .report import HEADLINE, assemble_from_rows, read_predictions
-from .runs import Run
+from ..core.runs import Run
+from ..errors import RunError
+from ..scoring.kinds import HEADLINE, KINDS, METRICS, key_metrics
+from .render import cell, render_template
+from .report import assemble_from_rows, read_predictions
 
 MAX_LISTED = 5
 
@@ -178,7 +179,7 @@ def compare(run_dirs: list, align_on: str | None = None) -> dict:
         for v in values:
             cells = [m["slices"][col].get(v) for m in results]
             lines.append((f"{col} = {v}", [None if c is None else _entry(c[head], c["correct"], c["n"]) for c in cells]))
-        sections.append(_table(f"{NAMES[head].capitalize()} by {col}", names, lines))
+        sections.append(_table(f"{METRICS[head].header.capitalize()} by {col}", names, lines))
     if task.subsets and task.kind != "extraction":
         lines = []
         for name in task.subsets:
@@ -251,8 +252,7 @@ def leaderboard(paths: list) -> dict:
                        ["; ".join(group) for group in prints.values()]
                        + ["evaluate every run on the same file: classifine eval RUN --data TEST_FILE"])
     kind = evs[0].run.task.kind
-    head = HEADLINE[kind]
-    second = "f1" if kind == "extraction" else "macro_f1"
+    head, second = HEADLINE[kind], KINDS[kind].ranking
     rows = []
     for e in evs:
         m = e.metrics
@@ -262,7 +262,7 @@ def leaderboard(paths: list) -> dict:
                      "train_seconds": e.run.config.get("train_seconds"), "docs_per_second": m.get("docs_per_second"),
                      "model_bytes": size})
     rows.sort(key=lambda r: (-r[second], -r[head], r["run"]))
-    headers = ["#", "run", "method", "model", NAMES[head], NAMES[second]] + (["MAE"] if kind == "ordinal" else []) + \
+    headers = ["#", "run", "method", "model", METRICS[head].header, METRICS[second].header] + (["MAE"] if kind == "ordinal" else []) + \
               ["train time", "docs/s", "model size"]
     table = []
     for i, r in enumerate(rows, 1):
@@ -272,7 +272,7 @@ def leaderboard(paths: list) -> dict:
                         _bytes(r["model_bytes"])])
     return {"task": evs[0].run.task.name, "kind": kind, "data": evs[0].metrics.get("data"), "skipped": skipped,
             "rows": rows, "sections": [{"title": "Leaderboard", "headers": headers, "rows": table,
-                                        "note": f"sorted by {NAMES[second]}; all runs evaluated on the same {rows[0]['n']} rows"}]}
+                                        "note": f"sorted by {METRICS[second].header}; all runs evaluated on the same {rows[0]['n']} rows"}]}
 
 
 def _seconds(s: float | None) -> str:

@@ -1,4 +1,5 @@
-"""Heads on fixed features (TF-IDF vectors, frozen embeddings), with scikit-learn's contract:
+"""Linear heads on fixed features (TF-IDF vectors for ``tfidf``, frozen embeddings for ``embed``;
+the ``head`` method trains a transformer's own classification layer instead), with scikit-learn's contract:
 ``__init__`` stores parameters, ``fit`` returns self, learned attributes end in ``_``,
 ``predict`` returns labels from ``classes_``. Training uses scikit-learn; the learned weights are
 saved as safetensors + JSON (never pickle), so a run can be loaded without executing stored code.
@@ -11,25 +12,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from ..scoring.decision import class_weights, ordinal_probabilities, softmax
+
 ClassWeight = str | dict[str, float] | None
-
-
-def class_weights(labels: list[str], counts: dict[str, int], class_weight: ClassWeight) -> dict[str, float]:
-    """``balanced`` = n / (k * count), as scikit-learn; ``none`` = 1; a mapping is taken as given
-    (labels it leaves out weigh 1)."""
-    if class_weight in (None, "none"):
-        return {lab: 1.0 for lab in labels}
-    if class_weight == "balanced":
-        seen = {lab: c for lab, c in counts.items() if c > 0}
-        total = sum(seen.values())
-        return {lab: (total / (len(seen) * seen[lab]) if lab in seen else 1.0) for lab in labels}
-    return {lab: float(class_weight.get(lab, 1.0)) for lab in labels}
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class LinearHead:
@@ -87,7 +72,7 @@ class LinearHead:
 
     def predict_proba(self, X) -> np.ndarray:
         z = self.decision_function(X)
-        return 1.0 / (1.0 + np.exp(-z)) if self.multi_label else _softmax(z)
+        return 1.0 / (1.0 + np.exp(-z)) if self.multi_label else softmax(z)
 
     def predict(self, X) -> list:
         p = self.predict_proba(X)
@@ -141,12 +126,6 @@ class OrdinalHead:
         save_file({"coef": self.coef_, "intercept": self.intercept_, "sigma": self.sigma_}, str(folder / f"{prefix}.safetensors"))
         meta = {"type": "ordinal", "classes": self.classes_, "alpha": self.alpha, "class_weight": self.class_weight}
         (folder / f"{prefix}.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
-
-
-def ordinal_probabilities(score: np.ndarray, sigma: float, n_levels: int) -> np.ndarray:
-    levels = np.arange(n_levels, dtype=float)
-    z = -((levels[None, :] - np.asarray(score, dtype=float)[:, None]) ** 2) / (2 * sigma ** 2)
-    return _softmax(z)
 
 
 def load_head(folder: Path, prefix: str = "head") -> LinearHead | OrdinalHead:

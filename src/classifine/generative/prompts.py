@@ -17,8 +17,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
-from .task import TaskSpec
+from ..errors import ConfigError
+from ..core.task import TaskSpec
 
 log = logging.getLogger("classifine")
 
@@ -186,3 +186,13 @@ def truncate_texts(fmt: PromptFormat, task: TaskSpec, texts: list[str], max_leng
         log.warning("%d of %d input texts were truncated to fit max_length=%d (instruction and answer kept whole)",
                     cut, len(texts), max_length)
     return out, cut
+
+
+def answer_budget(task: TaskSpec, fmt: PromptFormat) -> int:
+    """Tokens reserved for the answer when inputs are truncated: the longest label answer; a
+    yes/no for multi-label; a fixed 96 for an extraction's JSON list."""
+    if task.kind == "extraction":
+        return 96
+    if task.kind == "multi_label":
+        return 4
+    return max(len(fmt.ids(fmt.answer(task, lab))) for lab in task.label_names)

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md §6): the unit that eval, predict, serve and card read.
+"""The run directory (README.md, "Run directory"): the unit that eval, predict, serve and card read.
 
 Every file is written atomically (a temp file in the same folder, then a rename), so a crash leaves
 either the old file or the new one, never half of one.
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import RunError
+from ..errors import RunError
 from .task import TaskSpec, load_task
 
 

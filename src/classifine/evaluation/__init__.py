@@ -1,0 +1,1 @@
+"""Reports, comparisons and model cards, all built from a run's predictions."""

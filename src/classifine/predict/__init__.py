@@ -1,0 +1,1 @@
+"""Loading a run and predicting: the Predictor, resumable file prediction, Ray Data batch prediction."""

@@ -1,0 +1,109 @@
+"""Load any run and predict: records in, answer + a probability for every label out.
+
+Methods only produce probabilities (``Scorer.predict_proba``); turning them into answers is the
+same for every method (``scoring/decision.py``), with what was tuned on validation at training time.
+That lives in ``model/decision.json``, which this module alone writes and reads: class offsets
+(single_label) and a calibrating temperature; per-label thresholds and optional top_k (multi_label).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..core.data import records_to_texts
+from ..core.runs import Run, atomic_write_json
+from ..methods import get_method
+from ..scoring.decision import adjust, decide
+
+DECISION = "decision.json"
+
+
+class Predictor:
+    def __init__(self, run: Run, scorer, decision: dict):
+        self.run, self.task, self.scorer, self.decision = run, run.task, scorer, decision
+
+    @classmethod
+    def load(cls, run_dir: str | Path | Run, scorer=None) -> "Predictor":
+        """The run's own scorer (its method's ``Scorer``), or ``scorer(run)`` when given (vLLM)."""
+        run = run_dir if isinstance(run_dir, Run) else Run.load(run_dir)
+        scorer = scorer(run) if scorer is not None else get_method(run.method).Scorer.load(run.model_dir)
+        return cls(run, scorer, read_decision(run.model_dir))
+
+    @property
+    def labels(self) -> list[str]:
+        return self.task.label_names
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return adjust(self.task.kind, np.asarray(self.scorer.predict_proba(list(texts)), dtype=np.float64), self.decision)
+
+    def format(self, probs: np.ndarray) -> list[dict]:
+        answers = decide(self.task.kind, self.labels, probs, self.decision)
+        out = []
+        for answer, row in zip(answers, probs):
+            item: dict = {}
+            if self.task.kind == "multi_label":
+                item["labels"] = answer
+            else:
+                item["label"] = answer
+                item["confidence"] = round(float(row.max()), 6)
+            item["probabilities"] = {lab: round(float(p), 6) for lab, p in zip(self.labels, row)}
+            out.append(item)
+        return out
+
+    def predict_texts(self, texts: list[str]) -> list[dict]:
+        if self.task.kind == "extraction":
+            return [self.format_entities(found) for found in self.scorer.extract(list(texts))]
+        probs = self.predict_proba(texts)
+        out = self.format(probs)
+        for item, bad in zip(out, getattr(self.scorer, "last_invalid", None) or []):
+            if bad:  # free generation named no label: say so rather than pass off a guess
+                item["invalid"] = True
+        return out
+
+    def format_entities(self, found: list[dict]) -> dict:
+        """Entities at or above the spec's min_confidence; the rest stay visible as candidates."""
+        keep = [e for e in found if e["confidence"] >= self.task.min_confidence]
+        return {self.task.entity: [e["name"] for e in keep], "entities": keep,
+                "below_min_confidence": [e for e in found if e["confidence"] < self.task.min_confidence]}
+
+    def predict(self, records: Iterable[dict]) -> list[dict]:
+        records = list(records)
+        return self.predict_texts(records_to_texts(self.task, records))
+
+
+def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 256,
+                 progress: bool = True, predictor: Predictor | None = None, overwrite: bool = False,
+                 sync_seconds: float = 2.0) -> dict:
+    """Stream ``input_path`` in batches and write one prediction per record (JSONL or CSV).
+
+    Memory stays flat in the input's size. Finished rows survive a crash or Ctrl-C, and running the
+    same command again continues where it stopped (``resumable.py``); a different input or run is
+    refused unless ``overwrite``. The output file appears, complete, only at the end.
+    """
+    from .resumable import predict_file as _predict_file
+
+    predictor = predictor or Predictor.load(run_dir)
+    return _predict_file(predictor, input_path, output_path, batch_size=batch_size, progress=progress,
+                         overwrite=overwrite, sync_seconds=sync_seconds)
+
+
+def save_decision(model_dir: Path, decision: dict) -> None:
+    atomic_write_json(Path(model_dir) / DECISION, decision)
+
+
+def read_decision(model_dir: Path) -> dict:
+    """What was tuned on validation; empty for runs without (zero-shot runs, extraction)."""
+    path = Path(model_dir) / DECISION
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def batched_proba(predictor: Predictor, texts: list[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    parts = []
+    for i in tqdm(range(0, len(texts), batch_size), desc="evaluate", unit="batch", disable=not progress):
+        parts.append(predictor.predict_proba(texts[i:i + batch_size]))
+    return np.concatenate(parts) if parts else np.zeros((0, len(predictor.labels)))

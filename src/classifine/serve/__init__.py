@@ -1,0 +1,1 @@
+"""HTTP serving: the FastAPI app, micro-batching, Prometheus metrics, the vLLM backend."""

@@ -103,7 +103,7 @@ def test_orpo_pairs_use_the_models_own_wrong_answers(small_tasks, gemma_path):
     task = load_task(small_tasks["single_label"])
     ex = load_examples(task, task.data_path("train"))
     tok = AutoTokenizer.from_pretrained(gemma_path)
-    rows = build_pairs(task, ex, PromptFormat.for_tokenizer(tok), AutoModelForCausalLM.from_pretrained(gemma_path), tok, Config())
+    rows = build_pairs(task, ex, PromptFormat.for_tokenizer(tok), AutoModelForCausalLM.from_pretrained(gemma_path), tok, Config(max_length=256))
     assert len(rows) == len(ex)
     for row, gold in zip(rows, ex.labels):
         assert row["chosen"].startswith(gold) and not row["rejected"].startswith(gold + "<")

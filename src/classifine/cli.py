@@ -86,6 +86,11 @@ def _summary(metrics: dict, title: str) -> None:
     if metrics.get("docs_per_second") is not None:
         table.add_row("docs_per_second", f"{metrics['docs_per_second']:.2f}")
     out.print(table)
+    from .evaluation.render import baseline_warning
+
+    warning = baseline_warning(metrics.get("kind"), metrics)
+    if warning:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 @app.command()

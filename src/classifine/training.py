@@ -71,6 +71,8 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
     test_path = _path(test, task, "test")
     test_ex = load_examples(task, test_path) if test_path is not None else None
     stats = {"train": label_stats(task, train_ex), "validation": label_stats(task, val_ex)} if train_ex else {}
+    # settings read from the data (max_length, answer budget), checked before anything is written
+    settings, budget = module.prepare(task, train_ex, settings, model)
     set_seed(settings.seed)
     rank, _ = process_rank()  # under `accelerate launch`, only rank 0 writes the run directory
     if rank == 0:
@@ -100,7 +102,7 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
     record = {
         "method": method, "model": model, "model_info": describe(model) if model else None,
         "config": settings.model_dump(mode="json"), "seed": settings.seed, "data": data,
-        "label_stats": stats, "warnings": (train_ex.warnings + val_ex.warnings) if train_ex else [],
+        "label_stats": stats, "budget": budget, "warnings": (train_ex.warnings + val_ex.warnings) if train_ex else [],
         "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(), "hardware": hardware(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -39,7 +39,8 @@ class TrainerSettings(Settings):
     learning_rate: Positive = 2e-4
     batch_size: AtLeast1 = 8
     gradient_accumulation: AtLeast1 = 1
-    max_length: Annotated[int, Field(ge=16)] = 256
+    max_length: Annotated[int, Field(ge=16)] | None = None   # None: from the training texts (core/budget.py)
+    allow_truncation: bool = False  # accept a max_length that cuts the typical input to under half
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup: NonNegative = 0.05                 # < 1: a fraction of the steps; else steps
     weight_decay: NonNegative = 0.0
@@ -70,6 +71,7 @@ class GenerativeSettings(BaseModel):
     eval_rows: AtLeast1 = 200     # validation rows scored at each evaluation
     negatives: AtLeast1 = 2       # multi_label: sampled "no" questions per "yes"
     score_batch_size: AtLeast1 = 8
+    answer_budget: AtLeast1 | None = None  # tokens kept for the answer; None: from the training answers
 
 
 # --- builders ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from ..errors import RunError
 from ..methods import is_generative
 from ..scoring.kinds import HEADLINE, METRICS, key_metrics
 from .compare import compare
-from .render import pct, render_template, sections
+from .render import baseline_warning, pct, render_template, sections
 from .report import read_predictions
 
 # Hub ids of the packaged offline models, for the card's base_model field
@@ -114,7 +114,7 @@ def _usage_code(run: Run, path: str, record: dict, row: dict) -> str:
 
 
 def _limitations(run: Run, m: dict, languages: list[str]) -> list[str]:
-    out = []
+    out = [w for w in [baseline_warning(run.task.kind, m)] if w]
     kind, cfg = run.task.kind, run.config.get("config", {})
     stats = run.config.get("label_stats", {}).get("train", {})
     ratio = stats.get("imbalance_ratio")

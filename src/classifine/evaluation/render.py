@@ -42,6 +42,43 @@ def _answer(x) -> str:
     return str(x)
 
 
+def baseline_warning(kind: str, m: dict) -> str | None:
+    """One sentence when the model does not beat its trivial baseline on the headline rate."""
+    b = m.get("baseline")
+    if not b or b.get("beaten", True):
+        return None
+    head = HEADLINE[kind]
+    return (f"The model does not beat its trivial baseline: {METRICS[head].name} {pct(m[head])} against "
+            f"{pct(b['metrics'][head])} for {b['describe']}.")
+
+
+def baseline_table(kind: str, m: dict) -> dict:
+    """The model beside the answer that ignores the text, metric by metric, with the difference."""
+    b = m["baseline"]
+    rows = []
+    for key, base in b["metrics"].items():
+        fact, value = METRICS[key], m.get(key)
+        if value is None:
+            continue
+        if fact.unit == "pct":
+            rows.append([fact.name, pct(value), pct(base), f"{100 * (value - base):+.2f} pp"])
+        else:
+            rows.append([fact.name, f"{value:.4f}", f"{base:.4f}", f"{value - base:+.4f}"])
+    note = f"trivial baseline: {b['describe']}, scored on the same rows"
+    warning = baseline_warning(kind, m)
+    return {"title": "Trivial baseline", "headers": ["metric", "model", "baseline", "Δ"], "rows": rows,
+            "note": f"{warning} ({note})" if warning else note}
+
+
+def truncation_table(t: dict) -> dict:
+    """Rows longer than the text budget, per data set, and how much of them the model still saw."""
+    rows = [[name, str(c["rows"]), cell(c["truncated_share"], c["truncated_rows"], c["rows"]), pct(c["tokens_kept_share"])]
+            for name, c in (("training data", t.get("train")), ("evaluation data", t.get("evaluation"))) if c]
+    return {"title": "Truncation", "headers": ["data", "rows", "truncated rows", "tokens kept (truncated rows)"],
+            "rows": rows, "note": f"max_length {t['evaluation']['max_length']} tokens; longer inputs are cut, the "
+                                  "instruction and answer never"}
+
+
 def slice_table(kind: str, values: dict) -> dict:
     head = HEADLINE[kind]
     extra = [k for k in next(iter(values.values()), {}) if k not in ("n", "correct", head)]
@@ -62,6 +99,8 @@ def sections(task, m: dict, images: dict[str, bytes] | None = None) -> list[dict
     images = images or {}
     out = [{"title": "Overall", "headers": ["metric", "value"],
             "rows": [[r["name"], fmt(r)] for r in key_metrics(task.kind, m)]}]
+    if m.get("baseline"):
+        out.append(baseline_table(task.kind, m))
     for col, values in m.get("slices", {}).items():
         if values:
             note = "macro F1 over the labels that occur in each slice" if task.kind != "extraction" else None
@@ -69,6 +108,8 @@ def sections(task, m: dict, images: dict[str, bytes] | None = None) -> list[dict
     if m.get("subsets"):
         out.append({"title": "Subsets", **subset_table(m["subsets"]),
                     "note": "recall: rows whose reference is in the subset and that were predicted inside it"})
+    if m.get("truncation"):
+        out.append(truncation_table(m["truncation"]))
     if m.get("per_class"):
         out.append({"title": "Per class", "headers": ["label", "precision", "recall", "F1", "support"],
                     "rows": [[lab, pct(r["precision"]), pct(r["recall"]), pct(r["f1"]), str(r["support"])]
@@ -117,12 +158,14 @@ def render_template(template: str, **context) -> str:
 
 
 def render_markdown(task, m: dict, images: dict[str, bytes]) -> str:
-    return render_template("report.md.j2", task=task, m=m, sections=sections(task, m, images))
+    return render_template("report.md.j2", task=task, m=m, sections=sections(task, m, images),
+                           warning=baseline_warning(task.kind, m))
 
 
 def render_html(task, m: dict, images: dict[str, bytes]) -> str:
     uris = {k: "data:image/png;base64," + base64.b64encode(v).decode("ascii") for k, v in images.items()}
-    return render_template("report.html.j2", task=task, m=m, sections=sections(task, m, images), images=uris)
+    return render_template("report.html.j2", task=task, m=m, sections=sections(task, m, images), images=uris,
+                           warning=baseline_warning(task.kind, m))
 
 
 def _png(fig) -> bytes:

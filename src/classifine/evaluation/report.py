@@ -28,7 +28,7 @@ from ..errors import DataError
 from ..predict.predictor import Predictor
 from ..scoring import metrics as M
 from ..scoring.decision import decide
-from ..scoring.kinds import KINDS, compute_metrics
+from ..scoring.kinds import KINDS, beats_baseline, compute_metrics, trivial_baseline
 
 INVALID = "(invalid)"
 # keys a predictions.jsonl row uses itself; data columns of the same name are not copied
@@ -112,6 +112,8 @@ def assemble(task, texts: list[str], gold: list, pred: list, probs: np.ndarray |
              columns: dict[str, list[str]], top: int = 10) -> dict:
     """Every number of a report: overall metrics, slices, subsets, confusions, mistakes, fingerprint."""
     result = {"task": task.name, "kind": task.kind, **compute_metrics(task, gold, pred, probs, invalid)}
+    baseline = trivial_baseline(task, gold)
+    result["baseline"] = {**baseline, "beaten": beats_baseline(task.kind, result, baseline)}
     slices = {}
     for col in task.slices:
         if col not in columns:
@@ -179,6 +181,10 @@ def evaluate(predictor: Predictor, examples: Examples, out_dir: Path | None = No
     seconds = time.time() - t0
     columns = data_columns(task, examples)
     result = assemble(task, examples.texts, examples.labels, pred, probs, invalid, columns, top=top)
+    measure = getattr(getattr(predictor, "scorer", None), "truncation", None)  # methods that tokenize say what max_length cuts
+    if measure is not None:
+        result["truncation"] = {"evaluation": measure(examples.texts),
+                                "train": (predictor.run.config.get("budget") or {}).get("train")}
     result.update({
         "data": examples.source, "prediction_seconds": round(seconds, 3),
         "docs_per_second": round(len(examples) / seconds, 2) if seconds > 0 else None,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.budget import token_lengths, truncation
 from ..core.models import resolve
 from ..core.runs import atomic_write_text
 from ..core.settings import AdapterSettings, load_for_training
@@ -21,7 +22,7 @@ from ..core.task import TaskSpec, load_task
 from ..errors import ConfigError
 from ..scoring.decision import probabilities
 from .decoding import EntityDecoder, LabelScorer, generate_answers, parse_answer
-from .prompts import PromptFormat, answer_budget, truncate_texts
+from .prompts import PromptFormat, answer_budget, frame_tokens, truncate_texts
 
 META = "generative.json"
 
@@ -56,7 +57,8 @@ class GenerativeRun:
                 tokenizer.save_pretrained(model_dir / "merged")
         meta = {"kind": task.kind, "labels": task.label_names, "base_model": base_model,
                 "max_length": settings.max_length, "decoding": settings.decoding,
-                "max_new_tokens": settings.max_new_tokens, "score_batch_size": settings.score_batch_size, **facts}
+                "max_new_tokens": settings.max_new_tokens, "score_batch_size": settings.score_batch_size,
+                "answer_budget": settings.answer_budget, **facts}
         atomic_write_text(model_dir / META, json.dumps(meta, ensure_ascii=False, indent=1))
         return cls(model_dir, meta)
 
@@ -117,7 +119,16 @@ class GenerativeScorer:
         return cls(model, tokenizer, run.meta, load_task(Path(model_dir).parent / "task.yaml"))
 
     def _texts(self, texts: list[str]) -> list[str]:
-        return truncate_texts(self.fmt, self.task, texts, self.meta["max_length"], answer_budget(self.task, self.fmt))[0]
+        return truncate_texts(self.fmt, self.task, texts, self.meta["max_length"], self.answer_budget)[0]
+
+    @property
+    def answer_budget(self) -> int:
+        return answer_budget(self.task, self.fmt, self.meta.get("answer_budget"))
+
+    def truncation(self, texts: list[str]) -> dict:
+        """What max_length cuts from these texts (the report's truncation section)."""
+        budget = self.meta["max_length"] - frame_tokens(self.fmt, self.task) - self.answer_budget
+        return {"max_length": self.meta["max_length"], **truncation(token_lengths(self.tokenizer, texts), budget)}
 
     def scores(self, texts: list[str]) -> np.ndarray:
         if self._label_scorer is None:  # built once: it tokenizes every label
@@ -148,5 +159,5 @@ class GenerativeScorer:
 
     def extract(self, texts: list[str]) -> list[list[dict]]:
         if self._entity_decoder is None:
-            self._entity_decoder = EntityDecoder(self.model, self.tokenizer, self.task)
+            self._entity_decoder = EntityDecoder(self.model, self.tokenizer, self.task, max_new_tokens=self.answer_budget)
         return [self._entity_decoder.decode(self.fmt.prompt_ids(self.task, t))[0] for t in self._texts(texts)]

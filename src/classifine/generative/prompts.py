@@ -163,13 +163,19 @@ class PromptFormat:
         return answer_text(task, gold) + self.end_text
 
 
+def frame_tokens(fmt: PromptFormat, task: TaskSpec) -> int:
+    """Tokens of the prompt around the input text (for multi-label, with the longest question)."""
+    overhead = len(fmt.head_ids(task)) + len(fmt.text_ids(task, ""))
+    if task.kind == "multi_label":
+        overhead += max(len(q) for q in fmt.question_ids(task))
+    return overhead
+
+
 def truncate_texts(fmt: PromptFormat, task: TaskSpec, texts: list[str], max_length: int, answer_budget: int) -> tuple[list[str], int]:
     """Shorten input texts (never the instruction or the answer) so prompt + answer fit in
     ``max_length`` tokens. Returns the texts and how many were truncated."""
     tok = fmt.tokenizer
-    overhead = len(fmt.head_ids(task)) + len(fmt.text_ids(task, ""))
-    if task.kind == "multi_label":
-        overhead += max(len(q) for q in fmt.question_ids(task))
+    overhead = frame_tokens(fmt, task)
     budget = max_length - overhead - answer_budget
     if budget < 8:
         raise ConfigError(f"max_length {max_length} leaves no room for the input text",
@@ -188,11 +194,25 @@ def truncate_texts(fmt: PromptFormat, task: TaskSpec, texts: list[str], max_leng
     return out, cut
 
 
-def answer_budget(task: TaskSpec, fmt: PromptFormat) -> int:
-    """Tokens reserved for the answer when inputs are truncated: the longest label answer; a
-    yes/no for multi-label; a fixed 96 for an extraction's JSON list."""
+EXTRACTION_ANSWER = 96  # the answer budget of extraction runs saved before it was read from the data
+
+
+def answer_budget(task: TaskSpec, fmt: PromptFormat, saved: int | None = None) -> int:
+    """Tokens reserved for the answer when inputs are truncated: the longest label answer; a yes/no
+    for multi-label; for extraction the budget read from the training answers (``saved``)."""
+    if saved:
+        return int(saved)
     if task.kind == "extraction":
-        return 96
+        return EXTRACTION_ANSWER
     if task.kind == "multi_label":
         return 4
     return max(len(fmt.ids(fmt.answer(task, lab))) for lab in task.label_names)
+
+
+def extraction_answer_budget(fmt: PromptFormat, task: TaskSpec, answers: list) -> int:
+    """The longest gold answer of the bulk of the data (99th percentile of the JSON answers'
+    tokens) with a quarter more as margin, so a model is never cut off writing a typical answer."""
+    import numpy as np
+
+    lengths = [len(fmt.ids(fmt.answer(task, gold))) for gold in answers] or [len(fmt.ids(fmt.answer(task, [])))]
+    return int(np.ceil(np.quantile(lengths, 0.99) * 1.25)) + 4

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.budget import context_limit, load_tokenizer, memory_limit, plan_max_length, token_lengths
 from ..core.data import Examples
 from ..core.settings import has_checkpoint, trainer_callbacks, training_arguments
 from ..core.task import TaskSpec
@@ -23,7 +24,7 @@ from ..scoring.decision import calibration, class_weights, probabilities
 from ..scoring.kinds import validation_metrics
 from .causal_lm import GenerativeRun
 from .decoding import LabelScorer
-from .prompts import PromptFormat, answer_budget, truncate_texts
+from .prompts import PromptFormat, answer_budget, extraction_answer_budget, frame_tokens, truncate_texts
 
 
 def training_pairs(task: TaskSpec, examples: Examples, seed: int, negatives: int = 2) -> list[tuple[str, object, str]]:
@@ -41,9 +42,9 @@ def training_pairs(task: TaskSpec, examples: Examples, seed: int, negatives: int
 
 
 def encode_features(task: TaskSpec, fmt: PromptFormat, pairs, max_length: int,
-                    weights: dict[str, float]) -> tuple[list[dict], int]:
+                    weights: dict[str, float], budget: int | None = None) -> tuple[list[dict], int]:
     """Token ids of prompt and answer per pair, and how many inputs had to be shortened."""
-    texts, truncated = truncate_texts(fmt, task, [p[0] for p in pairs], max_length, answer_budget=answer_budget(task, fmt))
+    texts, truncated = truncate_texts(fmt, task, [p[0] for p in pairs], max_length, answer_budget(task, fmt, budget))
     feats = []
     for text, (orig, gold, stratum) in zip(texts, pairs):
         if task.kind == "multi_label":
@@ -192,7 +193,8 @@ def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: 
     fmt = PromptFormat.for_tokenizer(tokenizer)
     draw = [f.pop("draw", 1.0) for f in feats]
     base, val = task_trainer(Trainer, task, tokenizer, validation, config, draw)
-    val_feats, _ = encode_features(task, fmt, training_pairs(task, val, config.seed), config.max_length, {})
+    val_feats, _ = encode_features(task, fmt, training_pairs(task, val, config.seed), config.max_length, {},
+                                   config.answer_budget)
 
     class AnswerTrainer(base):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -236,8 +238,30 @@ def training_features(task: TaskSpec, fmt: PromptFormat, train: Examples, config
     """Token ids per training example with its class weight: on the loss (``weight``) or, with
     ``balance_by: sampling``, on how often it is drawn (``draw``, read by make_trainer)."""
     pairs = training_pairs(task, train, config.seed, config.negatives)
-    feats, truncated = encode_features(task, fmt, pairs, config.max_length, example_weights(task, train, config.class_weight))
+    feats, truncated = encode_features(task, fmt, pairs, config.max_length, example_weights(task, train, config.class_weight),
+                                       config.answer_budget)
     if config.balance_by == "sampling":
         for f in feats:
             f["draw"], f["weight"] = f["weight"], 1.0
     return feats, truncated
+
+
+def plan_budget(task: TaskSpec, train: Examples, config, tokenizer, model_path: str | None = None) -> tuple[object, dict]:
+    """The settings with ``max_length`` and ``answer_budget`` read from the training data (unless the
+    user set them), and the facts behind them: prompt frame, answer budget, text lengths and what
+    the budget cuts (core/budget.py). A user's max_length that blinds the model is refused here."""
+    fmt = PromptFormat.for_tokenizer(tokenizer)
+    answer = config.answer_budget or (extraction_answer_budget(fmt, task, train.labels) if task.kind == "extraction"
+                                      else answer_budget(task, fmt))
+    frame = frame_tokens(fmt, task)
+    caps = {} if model_path is None else {"model context": context_limit(model_path),
+                                          "memory estimate": memory_limit(model_path, config.batch_size, training=True)}
+    facts = plan_max_length(token_lengths(tokenizer, train.texts, config.seed), frame + answer, config.max_length,
+                            config.allow_truncation, caps, floor=16, parts={"prompt_frame": frame, "answer_budget": answer})
+    return config.model_copy(update={"max_length": facts["max_length"], "answer_budget": answer}), facts
+
+
+def prepare(task: TaskSpec, train: Examples, config, model: str) -> tuple[object, dict]:
+    """The generative methods' setup step (sft, orpo): budgets from the data, before any training."""
+    tokenizer, path = load_tokenizer(model)
+    return plan_budget(task, train, config, tokenizer, path)

@@ -42,6 +42,9 @@ class Scorer(Protocol):
 class Method(Protocol):
     """What a method module provides.
 
+    ``prepare`` is the setup step, run before anything is written: it returns the settings with
+    what is read from the training data filled in (max_length, an answer budget; core/budget.py)
+    and the facts behind them for config.yaml, or refuses settings that cannot work on this data.
     ``fit`` trains (unless ``TRAINS`` is False) and saves into ``run_dir/model`` (checkpoints and
     logs beside it) and returns facts for config.yaml. Methods only produce probabilities; turning
     them into answers, and what is tuned on validation for that, is shared (scoring/decision.py)."""
@@ -52,6 +55,8 @@ class Method(Protocol):
     NEEDS_MODEL: bool             # whether --model is required
     TRAINS: bool                  # False: no training data is read (zeroshot)
     Scorer: type[Scorer]          # generative methods use generative.causal_lm.GenerativeScorer
+
+    def prepare(self, task: TaskSpec, train: Examples | None, config: Any, model: str | None) -> tuple[Any, dict]: ...
 
     def fit(self, task: TaskSpec, train: Examples | None, validation: Examples | None, config: Any, model: str | None,
             run_dir: Path, progress: bool = True, resume: bool = False) -> dict: ...

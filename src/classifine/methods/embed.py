@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
 from ..core.models import is_decoder, resolve
 from ..core.settings import Settings
@@ -31,7 +32,8 @@ TRAINS = True
 class Config(Settings):
     pooling: Literal["auto", "mean", "last", "cls"] = "auto"
     prefix: str = ""              # e.g. "passage: " for E5-style encoders
-    max_length: int = Field(default=256, ge=8)
+    max_length: int | None = Field(default=None, ge=8)   # None: from the training texts (core/budget.py)
+    allow_truncation: bool = False
     batch_size: int = Field(default=16, ge=1)
     normalize: bool = True        # L2-normalise embeddings before the head
     C: float = Field(default=1.0, gt=0)
@@ -101,6 +103,12 @@ def _encoder_for(model: str, config: Config) -> Encoder:
     return _encoder(model, config.pooling, config.max_length, config.batch_size, config.prefix, config.normalize)
 
 
+def prepare(task: TaskSpec, train: Examples, config: Config, model: str) -> tuple[Config, dict]:
+    """max_length from the training texts (or the user's, checked), before anything is written."""
+    facts = plan_for_encoder(model, train.texts, config, training=False, prefix=config.prefix)
+    return config.model_copy(update={"max_length": facts["max_length"]}), facts
+
+
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     model_dir = run_dir / "model"
@@ -123,6 +131,12 @@ class Scorer:
         meta = json.loads((model_dir / "encoder.json").read_text())
         model = meta.pop("model")
         return cls(_encoder_for(model, Config.model_validate(meta)), load_head(model_dir))
+
+    def truncation(self, texts: list[str]) -> dict:
+        """What max_length cuts from these texts (the report's truncation section)."""
+        enc = self.encoder
+        budget = enc.max_length - enc.tokenizer.num_special_tokens_to_add() - len(enc.tokenizer(enc.prefix, add_special_tokens=False).input_ids)
+        return {"max_length": enc.max_length, **truncation(token_lengths(enc.tokenizer, texts), budget)}
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return self.head.predict_proba(self.encoder.encode(texts))

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
 from ..core.settings import (AdapterSettings, NonNegative, Positive, TrainerSettings, has_checkpoint, load_for_training,
                              trainer_callbacks, training_arguments)
@@ -32,7 +33,7 @@ META = "classifine_head.json"
 class Config(TrainerSettings, AdapterSettings):
     epochs: Positive = 3.0
     learning_rate: Positive | None = None                     # None: 5e-5 full, 2e-4 LoRA
-    max_length: int = Field(default=256, ge=8)
+    max_length: int | None = Field(default=None, ge=8)
     warmup: NonNegative = 0.1
     weight_decay: NonNegative = 0.01
     lora: bool = False
@@ -103,6 +104,12 @@ def _load_model(task: TaskSpec, model: str, config: Config):
     return tokenizer, net
 
 
+def prepare(task: TaskSpec, train: Examples, config: Config, model: str) -> tuple[Config, dict]:
+    """max_length from the training texts (or the user's, checked), before anything is written."""
+    facts = plan_for_encoder(model, train.texts, config, training=True)
+    return config.model_copy(update={"max_length": facts["max_length"]}), facts
+
+
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     from datasets import Dataset
@@ -166,6 +173,11 @@ class Scorer:
         meta = json.loads((model_dir / META).read_text())
         net = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32).eval()
         return cls(AutoTokenizer.from_pretrained(str(model_dir)), net, meta)
+
+    def truncation(self, texts: list[str]) -> dict:
+        """What max_length cuts from these texts (the report's truncation section)."""
+        budget = self.meta["max_length"] - self.tokenizer.num_special_tokens_to_add()
+        return {"max_length": self.meta["max_length"], **truncation(token_lengths(self.tokenizer, texts), budget)}
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         import torch

@@ -29,6 +29,7 @@ from ..generative.causal_lm import GenerativeScorer, load_causal_lm
 from ..generative.decoding import LabelScorer
 from ..generative.prompts import PromptFormat, answer_text, truncate_texts
 from ..generative.trainer import example_weights, selection_metric, task_trainer, train_and_save, training_pairs
+from ..generative.trainer import prepare as prepare_generative
 
 KINDS = ("single_label", "multi_label", "ordinal", "extraction")
 REFUSED: dict[str, str] = {}
@@ -124,4 +125,5 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     return {**info, "pairs": per_task, "rejected_from_own_answers": round(own_share, 4)}
 
 
+prepare = prepare_generative  # setup: max_length and the answer budget from the training data
 Scorer = GenerativeScorer

@@ -16,7 +16,7 @@ from ..core.settings import Settings
 from ..core.task import TaskSpec
 from ..errors import DataError
 from ..generative.causal_lm import GenerativeScorer
-from ..generative.prompts import PromptFormat, answer_budget, truncate_texts
+from ..generative.trainer import plan_budget
 from . import build_config, sft
 
 KINDS = ("single_label", "multi_label", "ordinal", "extraction")
@@ -108,6 +108,10 @@ def pretrain(tokenizer, texts: list[str], val_texts: list[str], config: Config, 
             "pretrain_loss": round(float(result.training_loss), 4), "validation_perplexity": round(math.exp(val_loss), 2)}
 
 
+def prepare(task: TaskSpec, train: Examples, config: Config, model: str | None) -> tuple[Config, dict]:
+    return config, {}  # the tokenizer is trained in fit; the sft stage's budget is read there
+
+
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str | None,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     # --- setup: the sft stage's settings are checked before minutes of pretraining ---
@@ -117,14 +121,13 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     folder = run_dir / "model" / "pretrained"
     texts = _corpus(config, train)
     tokenizer = train_tokenizer(texts, config.vocab_size, folder)
-    # the new tokenizer decides whether instruction + labels + answer fit the sft stage's max_length:
+    # the new tokenizer decides the sft stage's budgets (or whether the user's max_length fits):
     # a problem there is reported now, not after the minutes of pretraining
-    fmt = PromptFormat.for_tokenizer(tokenizer)
-    truncate_texts(fmt, task, [], sft_config.max_length, answer_budget(task, fmt))
+    sft_config, budget = plan_budget(task, train, sft_config, tokenizer)
     # --- pretrain, then hand the model to sft ---
     info = pretrain(tokenizer, texts, validation.texts if validation else [], config, folder, progress)
     sft_info = sft.fit(task, train, validation, sft_config, str(folder.resolve()), run_dir, progress, resume)
-    return {"pretrain": info, "sft": sft_info, "sft_config": sft_config.model_dump(mode="json")}
+    return {"pretrain": info, "sft": sft_info, "sft_config": sft_config.model_dump(mode="json"), "sft_budget": budget}
 
 
 Scorer = GenerativeScorer

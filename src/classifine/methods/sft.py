@@ -16,6 +16,7 @@ from ..generative.causal_lm import GenerativeScorer, load_causal_lm
 from ..generative.decoding import LabelScorer
 from ..generative.prompts import PromptFormat
 from ..generative.trainer import make_trainer, train_and_save, training_features
+from ..generative.trainer import prepare as prepare_generative
 
 KINDS = ("single_label", "multi_label", "ordinal", "extraction")
 REFUSED: dict[str, str] = {}
@@ -47,4 +48,5 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
             "prompt_format": "chat template" if fmt.chat else "plain"}
 
 
+prepare = prepare_generative  # setup: max_length and the answer budget from the training data
 Scorer = GenerativeScorer

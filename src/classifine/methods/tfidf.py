@@ -43,6 +43,10 @@ def _vectorizer(config: Config, vocabulary: dict | None = None):
                            sublinear_tf=config.sublinear_tf, lowercase=True, vocabulary=vocabulary, dtype=np.float32)
 
 
+def prepare(task: TaskSpec, train: Examples, config: Config, model: str | None) -> tuple[Config, dict]:
+    return config, {}  # character n-grams see the whole text: no token budget
+
+
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str | None,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     model_dir = run_dir / "model"

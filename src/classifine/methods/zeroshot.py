@@ -30,6 +30,10 @@ class Config(Settings, GenerativeSettings):
     max_length: int = Field(default=512, ge=16)
 
 
+def prepare(task: TaskSpec, train: Examples | None, config: Config, model: str) -> tuple[Config, dict]:
+    return config, {}  # no training texts to read a budget from: max_length is the setting (512)
+
+
 def fit(task: TaskSpec, train: Examples | None, validation: Examples | None, config: Config, model: str,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     resolve(model)  # an unknown or missing model fails before anything is written

@@ -67,7 +67,8 @@ KINDS: dict[str, Kind] = {
                     ("accuracy", "macro_f1", "weighted_f1", "micro_f1", "mae")),
     "multi_label": Kind("subset_accuracy", ("micro_f1", "macro_f1"), "macro_f1",
                         ("subset_accuracy", "macro_f1", "weighted_f1", "micro_f1")),
-    "extraction": Kind("exact_match", ("precision", "recall", "f1"), "f1", ("exact_match", "precision", "recall", "f1")),
+    "extraction": Kind("exact_match", ("precision", "recall", "f1"), "f1",
+                       ("exact_match", "exact_match_with_entities", "precision", "recall", "f1")),
 }
 HEADLINE = {kind: k.headline for kind, k in KINDS.items()}
 # what a trainer logs at each evaluation; a method's `metric` setting picks the one that selects checkpoints
@@ -95,6 +96,45 @@ def compute_metrics(task, gold: list, pred: list, probs: np.ndarray | None = Non
     if invalid is not None:
         out["invalid_output"] = M.invalid_output(invalid)
     return out
+
+
+def trivial_baseline(task, gold: list) -> dict:
+    """What an answer that ignores the text scores on the same rows: the majority class
+    (single_label, ordinal), the labels present in at least half of the rows (multi_label; usually
+    none), the empty set (extraction). Chosen on the evaluation rows themselves, so it is the best
+    constant answer for the headline rate, the strictest trivial baseline.
+
+    Returns the answer, a description, the kind's summary metrics for it, and (multi_label) the
+    label frequencies."""
+    n, labels = len(gold), task.label_names
+    if task.kind == "extraction":
+        answer, describe = [], "always the empty list"
+    elif task.kind == "multi_label":
+        freq = {lab: (sum(lab in g for g in gold) / n if n else 0.0) for lab in labels}
+        answer = [lab for lab in labels if freq[lab] >= 0.5]
+        describe = f"always {answer}" + (" (no label is in half of the rows)" if not answer else "")
+    else:
+        counts = {lab: sum(g == lab for g in gold) for lab in labels}
+        answer = max(labels, key=lambda lab: counts[lab])  # ties: the first in the spec's order
+        describe = f"always {answer!r}, the majority class"
+    pred = [answer] * n
+    if task.kind == "multi_label":  # top-1: always rank first the label most often first in the references
+        first = {lab: sum(bool(g) and g[0] == lab for g in gold) for lab in labels}
+        ranked = [sorted(labels, key=lambda lab: (-first[lab], -freq[lab]))] * n
+        m = M.multi_label(gold, pred, labels, ranked_pred=ranked)
+    else:
+        m = compute_metrics(task, gold, pred)
+    keys = KINDS[task.kind].summary + (("top1_exact_match",) if "top1_exact_match" in m else ())
+    out = {"answer": answer, "describe": describe, "metrics": {k: m[k] for k in keys if k in m}}
+    if task.kind == "multi_label":
+        out["label_frequencies"] = {lab: round(f, 4) for lab, f in freq.items()}
+    return out
+
+
+def beats_baseline(kind: str, m: dict, baseline: dict) -> bool:
+    """Whether the model's headline rate is above its trivial baseline's."""
+    head = KINDS[kind].headline
+    return m[head] > baseline["metrics"][head] + 1e-12
 
 
 def validation_metrics(task, gold: list, probs: np.ndarray) -> dict:

@@ -291,11 +291,16 @@ def predict_ray(
 @app.command()
 @handled
 def serve(
-    run_dir: Path = typer.Argument(..., help="run directory"),
-    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (0.0.0.0 exposes it to the network)"),
-    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535),
+    run_dir: Optional[Path] = typer.Argument(None, help="run directory (with --sagemaker, default /opt/ml/model)"),
+    host: Optional[str] = typer.Option(None, "--host", help="address to bind (default 127.0.0.1; 0.0.0.0 with "
+                                                            "--sagemaker; 0.0.0.0 exposes it to the network)"),
+    port: Optional[int] = typer.Option(None, "--port", "-p", min=0, max=65535, help="default 8000; 8080 with --sagemaker"),
+    sagemaker: bool = typer.Option(False, "--sagemaker", help="SageMaker's container contract: port 8080 on all "
+                                   "interfaces, the model from /opt/ml/model unless a run is given"),
     token: Optional[str] = typer.Option(None, "--token", envvar="CLASSIFINE_TOKEN", show_envvar=True,
-                                        help="require 'Authorization: Bearer TOKEN' on /v1/* and /metrics"),
+                                        help="require 'Authorization: Bearer TOKEN' on the prediction routes and /metrics"),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name",
+                                                    help="the model's name in the vLLM and KServe APIs (default: the task's name)"),
     max_batch_size: int = typer.Option(32, "--max-batch-size", help="records per model call (micro-batch)"),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="how long a batch waits for more requests"),
     no_batching: bool = typer.Option(False, "--no-batching", help="one model call per request"),
@@ -306,16 +311,23 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads for the model (default: torch's)"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
 ):
-    """Serve a run over HTTP: POST /v1/classify, GET /v1/task, /healthz, /metrics, playground at /."""
+    """Serve a run over HTTP: /v1/classify, TEI's /predict, vLLM's /classify, SageMaker's /invocations,
+    KServe v2 under /v2, plus /v1/task, /healthz, /metrics and a playground at /."""
     _setup_logging(quiet=False)
     logging.getLogger("classifine.serve").setLevel(logging.INFO)
     from .serve.app import ServeSettings
     from .serve.app import serve as run_server
 
+    if run_dir is None:
+        if not sagemaker:
+            raise ConfigError("no run to serve", ["pass a run directory: classifine serve runs/NAME "
+                                                  "(or --sagemaker to read /opt/ml/model)"])
+        run_dir = Path("/opt/ml/model")
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batching=not no_batching,
-                             max_records=max_records, max_chars=max_chars, token=token)
-    run_server(run_dir, host=host, port=port, settings=settings, backend=backend,
-               trust_remote_code=trust_remote_code, log_level=log_level, threads=threads)
+                             max_records=max_records, max_chars=max_chars, token=token, model_name=served_model_name)
+    run_server(run_dir, host=host or ("0.0.0.0" if sagemaker else "127.0.0.1"), port=port if port is not None else
+               (8080 if sagemaker else 8000), settings=settings, backend=backend, trust_remote_code=trust_remote_code,
+               log_level=log_level, threads=threads)
 
 
 @app.command()

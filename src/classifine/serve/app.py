@@ -33,6 +33,7 @@ from ..errors import ClassifineError, ConfigError, DataError, TaskError
 from ..predict.predictor import Predictor
 from .batching import MicroBatcher, Overloaded, ShuttingDown
 from .metrics import HTTPMetrics, RequestGuard
+from .protocols import add_protocols
 
 log = logging.getLogger("classifine.serve")
 TOKEN_ENV = "CLASSIFINE_TOKEN"
@@ -48,6 +49,7 @@ class ServeSettings:
     max_queue: int = 4096           # records waiting for the model before requests get 503
     max_body_bytes: int | None = None  # None: derived from the two limits above
     token: str | None = None
+    model_name: str | None = None   # the model's name in the vLLM and KServe APIs (default: the task's name)
 
     def problems(self) -> list[str]:
         out = []
@@ -244,25 +246,33 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     _install_error_handlers(app, metrics, list(task.text))
     bearer = HTTPBearer(auto_error=False, description="set when the server runs with --token or CLASSIFINE_TOKEN")
 
-    def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    def token_ok(request: Request) -> bool:
         if settings.token is None:
-            return
-        given = creds.credentials if creds is not None else ""
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), settings.token.encode("utf-8")):
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "replace"),
+                                                                 settings.token.encode("utf-8"))
+        if not ok:
             metrics.error("unauthorized")
+        return ok
+
+    def authorized(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not token_ok(request):
             raise StarletteHTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                                          headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorized)]
 
+    async def predict(texts: list[str]) -> list[dict]:
+        outputs = await batcher.submit(texts)
+        metrics.records(len(texts))
+        return outputs
+
     @app.post("/v1/classify", response_model=response_model, dependencies=guarded, responses=ERROR_RESPONSES,
               summary=f"Classify 1 to {settings.max_records} records")
     async def classify(body: request_model):  # type: ignore[valid-type]
         records = [r.model_dump(by_alias=True) for r in body.inputs]
-        texts = records_to_texts(task, records, source="request")
-        outputs = await batcher.submit(texts)
-        metrics.records(len(texts))
-        return {"outputs": outputs}
+        return {"outputs": await predict(records_to_texts(task, records, source="request"))}
 
     @app.get("/v1/task", dependencies=guarded, responses={401: ERROR_RESPONSES[401]},
              summary="The task spec: kind, text fields, labels, limits and JSON schemas")
@@ -282,6 +292,8 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(_playground_html())
+
+    add_protocols(app, task, predict, settings, settings.model_name or task.name, _version(), token_ok)
 
     app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=settings.body_limit(len(task.text)))
     return app

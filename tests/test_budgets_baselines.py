@@ -130,6 +130,12 @@ def test_extraction_baseline_is_the_empty_set():
     b = trivial_baseline(task, gold)
     assert b["answer"] == [] and b["metrics"]["exact_match"] == 0.5
     assert b["metrics"]["f1"] == 0 and b["metrics"]["recall"] == 0 and b["metrics"]["exact_match_with_entities"] == 0
+    from classifine.evaluation.render import sections
+    from classifine.evaluation.report import assemble
+
+    m = assemble(task, ["a", "b", "c", "d"], gold, [[], [{"name": "Acme", "confidence": 0.9}], [], []], None, None, {})
+    table = next(s for s in sections(task, m) if s["title"] == "Trivial baseline")
+    assert ["entity-set exact match", "75.00%", "50.00%", "+25.00 pp"] in table["rows"] and m["baseline"]["beaten"]
 
 
 def test_a_model_at_its_baseline_is_flagged_in_the_report_the_cli_and_the_card(toy_tasks, tmp_path, capsys):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ..scoring.decision import class_weights, ordinal_probabilities, softmax
+from ..scoring.decision import class_weights, ordinal_probabilities, probabilities
 
 ClassWeight = str | dict[str, float] | None
 
@@ -72,7 +72,7 @@ class LinearHead:
 
     def predict_proba(self, X) -> np.ndarray:
         z = self.decision_function(X)
-        return 1.0 / (1.0 + np.exp(-z)) if self.multi_label else softmax(z)
+        return probabilities("multi_label" if self.multi_label else "single_label", z)
 
     def predict(self, X) -> list:
         p = self.predict_proba(X)

@@ -13,6 +13,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ClassifineError, ConfigError
@@ -33,8 +34,34 @@ def _setup_logging(quiet: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+DEBUG_ENV = "CLASSIFINE_DEBUG"
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
+                                        help="show the full traceback of an unexpected error instead of a log file")):
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+def crash_log(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error where the user can attach it to a report."""
+    import datetime
+    import traceback
+
+    from .core.models import cache_dir
+
+    folder = cache_dir() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"crash-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    path.write_text(f"classifine {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)), encoding="utf-8")
+    return path
+
+
 def handled(fn):
-    """Run a command; a ClassifineError becomes its message and exit code."""
+    """Run a command; a ClassifineError becomes its message and exit code. Anything else is a bug:
+    one line with the error, the log file holding the traceback and a hint to report it, exit 1
+    (``--debug`` shows the traceback). The net is no fix: each case found is fixed at its cause."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -47,6 +74,19 @@ def handled(fn):
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130)
+        except (typer.Exit, typer.Abort, SystemExit, BrokenPipeError):
+            raise
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            try:
+                where = f"the full traceback is in {crash_log(e)}"
+            except OSError:
+                where = "run again with --debug for the traceback"
+            err.print(f"[bold red]error:[/] {escape(f'unexpected {type(e).__name__}: {e}')}", highlight=False, soft_wrap=True)
+            err.print(f"  {where}; this is a bug in classifine, please report it with that file "
+                      "(or run with --debug to see it here)", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1)
     return wrapper
 
 
@@ -331,6 +371,7 @@ def serve(
 
 
 @app.command()
+@handled
 def models():
     """List the packaged offline models."""
     from .core.models import PACKAGED
@@ -342,6 +383,7 @@ def models():
 
 
 @app.command()
+@handled
 def methods():
     """List the training methods."""
     table = Table("method", "what")

@@ -7,15 +7,16 @@ import json
 import logging
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .core.data import label_stats, load_examples, split_validation
+from .core.data import check_trainable, label_stats, load_examples, split_validation
 from .core.models import describe, resolve
 from .core.runs import (Run, atomic_write_text, atomic_write_yaml, barrier, fit_dir, hardware, library_versions,
-                        prepare_run_dir, process_rank)
+                        prepare_run_dir, process_rank, run_lock)
 from .core.task import TaskSpec, as_task
 from .errors import ConfigError, DataError
 from .evaluation.report import evaluate
@@ -68,6 +69,7 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
             val_ex = load_examples(task, val_path)
         else:
             train_ex, val_ex = split_validation(task, train_ex, seed=settings.seed)
+        check_trainable(task, train_ex, val_ex, held_out=val_path is None)
     test_path = _path(test, task, "test")
     test_ex = load_examples(task, test_path) if test_path is not None else None
     stats = {"train": label_stats(task, train_ex), "validation": label_stats(task, val_ex)} if train_ex else {}
@@ -75,52 +77,54 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
     settings, budget = module.prepare(task, train_ex, settings, model)
     set_seed(settings.seed)
     rank, _ = process_rank()  # under `accelerate launch`, only rank 0 writes the run directory
-    if rank == 0:
-        run_dir = prepare_run_dir(out, overwrite=overwrite, resume=resume)
-        frozen = task.model_copy(update={"data": task.data.model_copy(update={
-            "train": str(train_path.resolve()) if train_path else None,
-            "validation": str(val_path.resolve()) if val_path else None,
-            "test": str(test_path.resolve()) if test_path else None})})
-        atomic_write_text(run_dir / "task.yaml", frozen.to_yaml())
-    barrier()
-    run_dir = Path(out)
+    # one train per run folder at a time, held until the run is complete (released even on SIGKILL)
+    with run_lock(out) if rank == 0 else nullcontext():
+        if rank == 0:
+            run_dir = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+            frozen = task.model_copy(update={"data": task.data.model_copy(update={
+                "train": str(train_path.resolve()) if train_path else None,
+                "validation": str(val_path.resolve()) if val_path else None,
+                "test": str(test_path.resolve()) if test_path else None})})
+            atomic_write_text(run_dir / "task.yaml", frozen.to_yaml())
+        barrier()
+        run_dir = Path(out)
 
-    # --- train ---
-    t0 = time.time()
-    with fit_dir(run_dir) as where:
-        info = module.fit(task, train_ex, val_ex, settings, model, where, progress=progress, resume=resume)
-    train_seconds = time.time() - t0
-    if rank != 0:
-        barrier()  # rank 0 saves, tunes and evaluates
-        return Run.load(run_dir)
+        # --- train ---
+        t0 = time.time()
+        with fit_dir(run_dir) as where:
+            info = module.fit(task, train_ex, val_ex, settings, model, where, progress=progress, resume=resume)
+        train_seconds = time.time() - t0
+        if rank != 0:
+            barrier()  # rank 0 saves, tunes and evaluates
+            return Run.load(run_dir)
 
-    # --- save: configuration first, so the run loads; then decisions tuned on validation ---
-    data = {"test": str(test_path) if test_path else None, "test_rows": len(test_ex) if test_ex else 0}
-    if module.TRAINS:
-        data = {"train": str(train_path), "validation": str(val_path) if val_path else "held out from train",
-                **data, "train_rows": len(train_ex), "validation_rows": len(val_ex)}
-    record = {
-        "method": method, "model": model, "model_info": describe(model) if model else None,
-        "config": settings.model_dump(mode="json"), "seed": settings.seed, "data": data,
-        "label_stats": stats, "budget": budget, "warnings": (train_ex.warnings + val_ex.warnings) if train_ex else [],
-        "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(), "hardware": hardware(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_yaml(run_dir / "config.yaml", record)
-    run = Run.load(run_dir)
-    predictor = Predictor.load(run)
-    if task.kind != "extraction" and val_ex is not None:
-        # class_weight none = no imbalance handling at all, so no class offsets either
-        decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,
-                                 calibrate=getattr(settings, "calibrate", True), offsets=settings.class_weight != "none")
-        save_decision(run.model_dir, decision)
-        predictor.decision = decision
+        # --- save: configuration first, so the run loads; then decisions tuned on validation ---
+        data = {"test": str(test_path) if test_path else None, "test_rows": len(test_ex) if test_ex else 0}
+        if module.TRAINS:
+            data = {"train": str(train_path), "validation": str(val_path) if val_path else "held out from train",
+                    **data, "train_rows": len(train_ex), "validation_rows": len(val_ex)}
+        record = {
+            "method": method, "model": model, "model_info": describe(model) if model else None,
+            "config": settings.model_dump(mode="json"), "seed": settings.seed, "data": data,
+            "label_stats": stats, "budget": budget, "warnings": (train_ex.warnings + val_ex.warnings) if train_ex else [],
+            "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(), "hardware": hardware(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_yaml(run_dir / "config.yaml", record)
+        run = Run.load(run_dir)
+        predictor = Predictor.load(run)
+        if task.kind != "extraction" and val_ex is not None:
+            # class_weight none = no imbalance handling at all, so no class offsets either
+            decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,
+                                     calibrate=getattr(settings, "calibrate", True), offsets=settings.class_weight != "none")
+            save_decision(run.model_dir, decision)
+            predictor.decision = decision
 
-    # --- evaluate on the test data, when there is any ---
-    if test_ex is not None:
-        evaluate(predictor, test_ex, run_dir, progress=progress)
-    barrier()
-    return run
+        # --- evaluate on the test data, when there is any ---
+        if test_ex is not None:
+            evaluate(predictor, test_ex, run_dir, progress=progress)
+        barrier()
+        return run
 
 
 def zero_shot(task: TaskSpec | str | Path, model: str, out: str | Path, data: str | Path | None = None,

@@ -267,6 +267,32 @@ def split_validation(task: TaskSpec, examples: Examples, fraction: float = 0.1, 
             examples.subset(sorted(val_idx), f"{examples.source} (held-out validation)"))
 
 
+def check_trainable(task: TaskSpec, train: Examples, validation: Examples, held_out: bool) -> None:
+    """The preconditions every method has on its training data, checked before anything is written
+    (all problems at once): two classes to tell apart, no class that a held-out split leaves
+    unlearnable, no text field blank in a whole split."""
+    problems = []
+    for ex in (train,) if held_out else (train, validation):
+        blank = [f for f in task.text if f in ex.frame.columns and not any(str(v).strip() for v in ex.frame[f])]
+        if blank and len(ex):
+            problems.append(f"{ex.source}: text field(s) {blank} are blank in every row: check the column names in "
+                            "the spec's text, or drop the empty field from it")
+    if task.kind in ("single_label", "ordinal"):
+        counts = Counter(train.labels + (validation.labels if held_out else []))
+        if len(counts) < 2:
+            problems.append(f"{train.source}: every training row has the label {sorted(counts)}: a classifier needs at "
+                            "least two labels present; add rows of the other labels")
+        once = sorted(lab for lab, c in counts.items() if c == 1)
+        if once and held_out:
+            problems.append(f"label(s) {once} occur in a single training row, which the held-out validation split "
+                            "leaves either unlearned or unvalidated: add rows for them, merge them into another "
+                            "label, or pass a separate --validation file")
+    elif task.kind == "multi_label" and not any(train.labels):
+        problems.append(f"{train.source}: no training row has any label: a multi-label classifier needs positives")
+    if problems:
+        raise DataError("the training data cannot train this task:", problems)
+
+
 def label_stats(task: TaskSpec, examples: Examples) -> dict:
     """Counts per label and an imbalance warning; the warnings are also kept on ``examples``."""
     if task.kind == "extraction":

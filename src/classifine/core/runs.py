@@ -89,6 +89,29 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = Fal
     return out
 
 
+@contextmanager
+def run_lock(out: str | Path):
+    """Hold the run folder for one ``train`` at a time: a second process on the same ``--out`` is
+    refused instead of mixing its files into the first one's. The lock is the folder's own (flock
+    on its descriptor), released when the process ends however it ends, SIGKILL included."""
+    import fcntl
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a directory", ["choose another --out"])
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"another classifine train is writing into {out}",
+                           ["wait for it to finish, or choose another --out"]) from None
+        yield out
+    finally:
+        os.close(fd)
+
+
 def process_rank() -> tuple[int, int]:
     """(rank, world size) under `accelerate launch` / torchrun; (0, 1) for a plain process."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

@@ -41,13 +41,16 @@ class RayPredictor:
 
 def add_predictions(batch: pd.DataFrame, results: list[dict], labels: list[str]) -> pd.DataFrame:
     out = batch.copy()
-    if results and "labels" in results[0]:
-        out["prediction"] = ["|".join(r["labels"]) for r in results]
+    good = [r for r in results if "error" not in r]
+    if good and "labels" in good[0]:
+        out["prediction"] = ["|".join(r["labels"]) if "error" not in r else "" for r in results]
     else:
-        out["prediction"] = [r["label"] for r in results]
-        out["confidence"] = [r["confidence"] for r in results]
+        out["prediction"] = [r.get("label", "") for r in results]
+        out["confidence"] = [r.get("confidence") for r in results]
     for lab in labels:
-        out[f"p_{lab}"] = [r["probabilities"][lab] for r in results]
+        out[f"p_{lab}"] = [r["probabilities"][lab] if "error" not in r else None for r in results]
+    out["error"] = [r.get("error", "") for r in results]  # a blank record is an error of that row (strings: one
+    # column type in every Parquet shard)
     return out
 
 

@@ -19,6 +19,7 @@ from ..methods import get_method
 from ..scoring.decision import adjust, decide
 
 DECISION = "decision.json"
+BLANK = {"error": "blank record: every text field is empty, nothing to classify"}
 
 
 class Predictor:
@@ -54,6 +55,15 @@ class Predictor:
         return out
 
     def predict_texts(self, texts: list[str]) -> list[dict]:
+        """One answer per text; a blank text is an error of that record (``{"error": ...}``), never
+        classified as if it were text."""
+        texts = list(texts)
+        blank = {i for i, t in enumerate(texts) if not t.strip()}
+        if blank:
+            kept = iter(self.predict_texts([t for i, t in enumerate(texts) if i not in blank]))
+            return [dict(BLANK) if i in blank else next(kept) for i in range(len(texts))]
+        if not texts:
+            return []
         if self.task.kind == "extraction":
             return [self.format_entities(found) for found in self.scorer.extract(list(texts))]
         probs = self.predict_proba(texts)

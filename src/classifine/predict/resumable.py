@@ -60,6 +60,8 @@ def _rows_jsonl(batch: list[dict], results: list[dict]) -> bytes:
 
 
 def _csv_row(rec: dict, res: dict) -> dict:
+    if "error" in res:  # a record that could not be classified (blank): its columns stay empty
+        return {**rec, "prediction": "", "error": res["error"]}
     if "entities" in res:  # extraction: the kept entity names, as a JSON list
         prediction = json.dumps([e["name"] for e in res["entities"]], ensure_ascii=False)
     else:
@@ -68,7 +70,14 @@ def _csv_row(rec: dict, res: dict) -> dict:
     if "confidence" in res:
         row["confidence"] = res["confidence"]
     row.update({f"p_{lab}": p for lab, p in res.get("probabilities", {}).items()})
-    return row
+    return {**row, "error": ""}
+
+
+def _csv_fieldnames(rec: dict, task) -> list[str]:
+    """Input columns, then what every row may hold: the columns do not depend on the first row."""
+    scores = [] if task.kind == "extraction" else (["confidence"] if task.kind != "multi_label" else []) + \
+        [f"p_{lab}" for lab in task.label_names]
+    return list(rec) + ["prediction"] + scores + ["error"]
 
 
 def _rows_csv(rows: list[dict], fieldnames: list[str], header: bool) -> bytes:
@@ -151,7 +160,7 @@ def predict_file(predictor, input_path: str | Path, output_path: str | Path, bat
                     rows = [_csv_row(rec, res) for rec, res in zip(batch, results)]
                     header = state["fieldnames"] is None
                     if header:
-                        state["fieldnames"] = list(rows[0])
+                        state["fieldnames"] = _csv_fieldnames(batch[0], predictor.task)
                     data = _rows_csv(rows, state["fieldnames"], header)
                 f.write(data)
                 state["rows_done"] += len(batch)

@@ -210,6 +210,7 @@ def test_zero_shot_is_a_method_and_older_zero_shot_runs_still_load(small_tasks, 
     # the layout written before zero-shot became a method: method "sft", the meta file alone
     old = tmp_path / "old"
     shutil.copytree(base, old)
+    (old / "manifest.json").unlink()  # runs of that layout predate the manifest
     config = yaml.safe_load((old / "config.yaml").read_text())
     config.update({"method": "sft", "config": {"zero_shot": True, "decoding": "score"}, "info": {"zero_shot": True}})
     (old / "config.yaml").write_text(yaml.safe_dump(config))

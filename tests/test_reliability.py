@@ -90,3 +90,45 @@ def test_an_unexpected_error_is_one_line_and_a_log_file(monkeypatch, tmp_path):
     assert len(logs) == 1 and "Traceback" in logs[0].read_text() and "boom in the model table" in logs[0].read_text()
     debug = CliRunner().invoke(app, ["--debug", "models"])
     assert isinstance(debug.exception, RuntimeError), "--debug lets the traceback through"
+
+
+def test_a_run_checks_itself_against_its_manifest(toy_tasks, tmp_path):
+    from classifine.core.runs import MANIFEST
+
+    run = classifine.train(toy_tasks["single_label"], method="tfidf", out=tmp_path / "run", progress=False)
+    listed = json.loads((run.dir / MANIFEST).read_text())["files"]
+    assert {"task.yaml", "config.yaml", "model/head.safetensors", "model/decision.json"} <= set(listed)
+    assert "metrics.json" not in listed, "reports are outputs that eval and card rewrite"
+    CliRunner().invoke(app, ["card", str(run.dir)])  # writing outputs leaves the run intact
+    classifine.load(run.dir)
+    weights = run.dir / "model" / "head.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-8] + b"\x00" * 8)
+    commands = [["predict", str(run.dir), "--input", str(toy_tasks["single_label"].parent / "test.csv"),
+                 "--output", str(tmp_path / "p.jsonl")], ["eval", str(run.dir)], ["card", str(run.dir)],
+                ["compare", str(run.dir), str(run.dir)], ["serve", str(run.dir), "--port", "1"]]
+    for args in commands:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and "model/head.safetensors: changed since training" in r.output, (args, r.output)
+        assert "train it again" in r.output and "Traceback" not in r.output
+    weights.unlink()
+    with pytest.raises(RunError, match="damaged") as e:
+        classifine.load(run.dir)
+    assert "model/head.safetensors: missing" in e.value.problems
+    weights.write_bytes(original)
+    (run.dir / "model" / "stray.bin").write_bytes(b"x")
+    with pytest.raises(RunError, match="stray.bin: not part of the run"):
+        classifine.load(run.dir)
+    (run.dir / "model" / "stray.bin").unlink()
+    (run.dir / "config.yaml").write_text("method: [unclosed")
+    with pytest.raises(RunError):
+        classifine.load(run.dir)
+
+
+def test_runs_without_a_manifest_still_load(toy_tasks, tmp_path):
+    from classifine.core.runs import MANIFEST
+
+    run = classifine.train(toy_tasks["single_label"], method="tfidf", out=tmp_path / "run", progress=False)
+    expected = classifine.load(run.dir).predict([{"title": "goal", "body": "match"}])
+    (run.dir / MANIFEST).unlink()  # a run made before manifests existed
+    assert classifine.load(run.dir).predict([{"title": "goal", "body": "match"}]) == expected

@@ -16,7 +16,7 @@ import numpy as np
 from .core.data import check_trainable, label_stats, load_examples, split_validation
 from .core.models import describe, resolve
 from .core.runs import (Run, atomic_write_text, atomic_write_yaml, barrier, fit_dir, hardware, library_versions,
-                        prepare_run_dir, process_rank, run_lock)
+                        prepare_run_dir, process_rank, run_lock, write_manifest)
 from .core.task import TaskSpec, as_task
 from .errors import ConfigError, DataError
 from .evaluation.report import evaluate
@@ -119,6 +119,7 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
                                      calibrate=getattr(settings, "calibrate", True), offsets=settings.class_weight != "none")
             save_decision(run.model_dir, decision)
             predictor.decision = decision
+        write_manifest(run_dir)  # last of the run's own files: from here on the run checks itself
 
         # --- evaluate on the test data, when there is any ---
         if test_ex is not None:

@@ -85,8 +85,67 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = Fal
 
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
+    (out / MANIFEST).unlink(missing_ok=True)  # the run is being rewritten: no longer the one the manifest describes
     (out / "model").mkdir(parents=True, exist_ok=True)
     return out
+
+
+# --- the manifest: the run checks itself --------------------------------------------------------
+
+MANIFEST = "manifest.json"
+# what a run is: the files prediction needs. Reports, predictions and cards are outputs that eval
+# and card rewrite, checkpoints and logs are training's own; none of them are in the manifest.
+MANIFEST_FILES = ("task.yaml", "config.yaml")
+MANIFEST_FOLDERS = ("model",)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    files = [run_dir / f for f in MANIFEST_FILES if (run_dir / f).is_file()]
+    for folder in MANIFEST_FOLDERS:
+        files += sorted(p for p in (run_dir / folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+    return files
+
+
+def write_manifest(run_dir: Path) -> None:
+    """A checksum per file of the run, written last: its presence says the run is complete."""
+    run_dir = Path(run_dir)
+    entries = {str(p.relative_to(run_dir)): {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in _run_files(run_dir)}
+    atomic_write_json(run_dir / MANIFEST, {"version": 1, "files": entries})
+
+
+def verify_manifest(run_dir: Path) -> None:
+    """Every file the manifest lists is there and unchanged, and no file was added to ``model/``;
+    runs made before manifests existed (none) are taken as they are."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        raise RunError(f"{path} is damaged (not the JSON classifine writes)",
+                       ["restore the run folder from a copy, or train it again with --overwrite"]) from None
+    problems = []
+    for name, entry in listed.items():
+        f = Path(run_dir) / name
+        if not f.is_file():
+            problems.append(f"{name}: missing")
+        elif f.stat().st_size != entry["bytes"] or file_sha256(f) != entry["sha256"]:
+            problems.append(f"{name}: changed since training (checksum differs)")
+    extra = [str(p.relative_to(run_dir)) for p in _run_files(Path(run_dir)) if str(p.relative_to(run_dir)) not in listed]
+    problems += [f"{name}: not part of the run as trained" for name in extra]
+    if problems:
+        raise RunError(f"run {run_dir} is damaged:", problems + [
+            "restore the run folder from a copy, or train it again (classifine train ... --out RUN --overwrite)"])
 
 
 @contextmanager
@@ -169,5 +228,13 @@ class Run:
         if missing:
             raise RunError(f"{d} is not a complete run: missing {missing}",
                            ["training did not finish; re-run `classifine train` (with --resume to continue)"])
-        config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+        verify_manifest(d)
+        try:
+            config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise RunError(f"{d / 'config.yaml'} is damaged: {str(e).splitlines()[0]}",
+                           ["restore the run folder from a copy, or train it again with --overwrite"]) from None
+        if not isinstance(config, dict) or "method" not in config:
+            raise RunError(f"{d / 'config.yaml'} is not a run configuration (no method)",
+                           ["restore the run folder from a copy, or train it again with --overwrite"])
         return cls(dir=d, task=load_task(d / "task.yaml"), config=config)

@@ -49,7 +49,7 @@ def _load_all(run_dirs: list) -> list[Evaluated]:
         try:
             evs.append(load_evaluated(d))
         except RunError as e:
-            problems.append(e.summary + (f": {e.problems[0]}" if e.problems else ""))
+            problems.append(e.summary.rstrip(":") + (f": {'; '.join(e.problems)}" if e.problems else ""))
     if problems:
         raise RunError(f"{len(problems)} of the runs cannot be compared:", problems)
     names = [e.name for e in evs]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..core.data import iter_records
-from ..core.runs import atomic_write_json
+from ..core.runs import atomic_write_json, file_sha256
 from ..errors import DataError
 
 log = logging.getLogger("classifine")
@@ -31,14 +31,6 @@ FORMAT_VERSION = 1
 def sidecar_paths(output_path: Path) -> tuple[Path, Path]:
     return (output_path.with_name(f".{output_path.name}.partial"),
             output_path.with_name(f".{output_path.name}.progress.json"))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_fingerprint(run) -> str:

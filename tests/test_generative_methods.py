@@ -71,6 +71,7 @@ def test_generate_decoding_counts_invalid_answers(small_tasks, tmp_path, gemma_p
     assert any(r.get("invalid") for r in preds)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA GPU is present: QLoRA is allowed there")
 def test_qlora_is_refused_without_cuda(small_tasks, tmp_path, gemma_path):
     with pytest.raises(ConfigError, match="CUDA"):
         classifine.train(small_tasks["single_label"], method="sft", model=gemma_path, out=tmp_path / "r",

@@ -111,7 +111,7 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_yaml(run_dir / "config.yaml", record)
-        run = Run.load(run_dir)
+        run = Run.load(run_dir, partial_ok=True)
         predictor = Predictor.load(run)
         if task.kind != "extraction" and val_ex is not None:
             # class_weight none = no imbalance handling at all, so no class offsets either

@@ -77,6 +77,9 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = Fal
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a directory", ["choose another --out"])
+    if (out / INCOMPLETE).exists() and not (overwrite or resume):
+        raise RunError(f"{out} holds a training that did not finish (it was stopped or killed)",
+                       ["pass --resume to continue it, --overwrite to start again, or choose another --out"])
     if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
         raise RunError(f"run directory {out} already holds a run",
                        ["choose another --out, pass --overwrite to replace it, or --resume to continue its training"])
@@ -87,12 +90,14 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = Fal
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     (out / MANIFEST).unlink(missing_ok=True)  # the run is being rewritten: no longer the one the manifest describes
     (out / "model").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / INCOMPLETE, "training started; removed when the run is complete\n")
     return out
 
 
 # --- the manifest: the run checks itself --------------------------------------------------------
 
 MANIFEST = "manifest.json"
+INCOMPLETE = ".incomplete"  # from the start of `train` until the manifest is written: --resume continues
 # what a run is: the files prediction needs. Reports, predictions and cards are outputs that eval
 # and card rewrite, checkpoints and logs are training's own; none of them are in the manifest.
 MANIFEST_FILES = ("task.yaml", "config.yaml")
@@ -121,6 +126,7 @@ def write_manifest(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     entries = {str(p.relative_to(run_dir)): {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in _run_files(run_dir)}
     atomic_write_json(run_dir / MANIFEST, {"version": 1, "files": entries})
+    (run_dir / INCOMPLETE).unlink(missing_ok=True)
 
 
 def verify_manifest(run_dir: Path) -> None:
@@ -220,10 +226,16 @@ class Run:
         return self.dir / "model"
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Run":
+    def load(cls, run_dir: str | Path, partial_ok: bool = False) -> "Run":
+        """The run in ``run_dir``, checked against its manifest. ``partial_ok``: a run still being
+        written (training itself loads it to tune decisions before the manifest exists)."""
         d = Path(run_dir)
         if not d.is_dir():
             raise RunError(f"run directory {d} not found", ["pass the --out folder of a `classifine train` run"])
+        if (d / INCOMPLETE).exists() and not partial_ok:
+            raise RunError(f"the training of {d} did not finish (it was stopped or killed)",
+                           [f"continue it: run the same classifine train command with --out {d} --resume",
+                            "or start again with --overwrite"])
         missing = [f for f in ("task.yaml", "config.yaml", "model") if not (d / f).exists()]
         if missing:
             raise RunError(f"{d} is not a complete run: missing {missing}",

@@ -161,6 +161,22 @@ def trainer_callbacks(settings: TrainerSettings, run_dir: Path) -> list:
     return [EarlyStoppingCallback(settings.early_stopping_patience), tensorboard]
 
 
-def has_checkpoint(run_dir: Path, resume: bool) -> bool:
-    """Whether ``--resume`` has a Trainer checkpoint to continue from."""
-    return resume and any((run_dir / "checkpoints").glob("checkpoint-*"))
+def resume_checkpoint(run_dir: Path, resume: bool) -> str | None:
+    """The Trainer checkpoint ``--resume`` continues from: the newest *complete* one. The Trainer
+    writes a checkpoint's trainer_state.json after its weights, optimizer and RNG states, so a
+    checkpoint without a readable one was cut off (SIGKILL while saving); it is removed, and the
+    one before it is used."""
+    import json
+    import shutil
+
+    if not resume:
+        return None
+    found = sorted((run_dir / "checkpoints").glob("checkpoint-*"),
+                   key=lambda p: int(p.name.rsplit("-", 1)[1]) if p.name.rsplit("-", 1)[1].isdigit() else -1, reverse=True)
+    for ckpt in found:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return str(ckpt)
+        except (OSError, ValueError):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return None

@@ -117,14 +117,16 @@ class _DuplicateKeyLoader(yaml.SafeLoader):
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, list[str]]:
-    loader = _DuplicateKeyLoader(text)
-    loader.duplicates = []
+    loader = None
     try:
+        loader = _DuplicateKeyLoader(text)  # the reader refuses control characters already here
+        loader.duplicates = []
         data = loader.get_single_data()
     except yaml.YAMLError as e:
         raise TaskError(f"{source} is not valid YAML", [f"{e}. Fix the syntax at the line shown."]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, loader.duplicates
 
 
@@ -215,7 +217,7 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
                     problems.append(f"subset '{sname}' names unknown labels {unknown}: use labels from {names}")
     text = raw.get("text")
     fields = [text] if isinstance(text, str) else text if isinstance(text, list) else []
-    if raw.get("label_column") in fields:
+    if raw.get("label_column") is not None and raw["label_column"] in fields:
         problems.append(f"label_column {raw['label_column']!r} is also a text field: the model would see the answer")
     return problems
 

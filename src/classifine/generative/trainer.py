@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.budget import context_limit, load_tokenizer, memory_limit, plan_max_length, token_lengths
 from ..core.data import Examples
-from ..core.settings import has_checkpoint, trainer_callbacks, training_arguments
+from ..core.settings import resume_checkpoint, trainer_callbacks, training_arguments
 from ..core.task import TaskSpec
 from ..scoring.decision import calibration, class_weights, probabilities
 from ..scoring.kinds import validation_metrics
@@ -224,8 +224,9 @@ def train_and_save(trainer, task: TaskSpec, tokenizer, validation: Examples, con
                    resume: bool) -> dict:
     """Train (continuing from a checkpoint with ``resume``), calibrate the best model and save the
     run's model folder; returns the facts every generative method records."""
-    resumed = has_checkpoint(run_dir, resume)
-    result = trainer.train(resume_from_checkpoint=True if resumed else None)
+    checkpoint = resume_checkpoint(run_dir, resume)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    resumed = checkpoint is not None
     best = trainer.model
     facts = calibrate(task, best, tokenizer, validation, config)
     GenerativeRun.save(run_dir / "model", task, model, config, best, tokenizer, **facts)

@@ -17,8 +17,8 @@ from pydantic import Field
 
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
-from ..core.settings import (AdapterSettings, NonNegative, Positive, TrainerSettings, has_checkpoint, load_for_training,
-                             trainer_callbacks, training_arguments)
+from ..core.settings import (AdapterSettings, NonNegative, Positive, TrainerSettings, load_for_training,
+                             resume_checkpoint, trainer_callbacks, training_arguments)
 from ..core.task import TaskSpec
 from ..scoring.decision import class_weights, ordinal_probabilities, probabilities
 from ..scoring.kinds import validation_metrics
@@ -138,8 +138,9 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
                       compute_metrics=metrics, callbacks=trainer_callbacks(config, run_dir))
 
     # --- train ---
-    resumed = has_checkpoint(run_dir, resume)
-    result = trainer.train(resume_from_checkpoint=True if resumed else None)
+    checkpoint = resume_checkpoint(run_dir, resume)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    resumed = checkpoint is not None
 
     # --- save: a plain transformers folder (LoRA merged; adapter kept beside it) ---
     trainable = int(sum(p.numel() for p in net.parameters() if p.requires_grad))

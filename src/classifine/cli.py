@@ -19,7 +19,7 @@ from rich.table import Table
 from .errors import ClassifineError, ConfigError
 from .methods import METHODS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="Turn language models into dependable text classifiers (see README.md).")
 err = Console(stderr=True)
 out = Console()
@@ -32,14 +32,30 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if quiet:  # the weight-loading, Map and shard progress bars of transformers and datasets
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"
 
 
 DEBUG_ENV = "CLASSIFINE_DEBUG"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"classifine {version('classifine')}")
+        except PackageNotFoundError:  # pragma: no cover - a source tree without an install
+            typer.echo("classifine (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
-                                        help="show the full traceback of an unexpected error instead of a log file")):
+                                        help="show the full traceback of an unexpected error instead of a log file"),
+             show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                               help="print the version and exit")):
     if debug:
         os.environ[DEBUG_ENV] = "1"
 
@@ -112,6 +128,25 @@ def parse_settings(pairs: list[str], config_file: Optional[Path]) -> dict:
     return values
 
 
+def _print_json(obj) -> None:
+    import json
+
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+def _headline(metrics: dict | None) -> dict | None:
+    """The summary metrics of a kind, the baseline's and whether the model beats it."""
+    if metrics is None:
+        return None
+    from .scoring.kinds import KINDS
+
+    keys = KINDS[metrics["kind"]].summary if metrics.get("kind") in KINDS else ()
+    base = metrics.get("baseline") or {}
+    return {"kind": metrics.get("kind"), "n": metrics.get("n"), "data": metrics.get("data"),
+            **{k: metrics[k] for k in keys if k in metrics}, "docs_per_second": metrics.get("docs_per_second"),
+            "baseline": base.get("metrics"), "beats_baseline": base.get("beaten")}
+
+
 def _summary(metrics: dict, title: str) -> None:
     from .scoring.kinds import KINDS, METRICS
 
@@ -147,10 +182,11 @@ def train(
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of hyper-parameters"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
     resume: bool = typer.Option(False, "--resume", help="continue training from the run's last checkpoint"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or warnings"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings and errors: no progress bars or logs"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON (nothing else on stdout)"),
 ):
     """Train a classifier from a task spec; evaluates on the test data when there is any."""
-    _setup_logging(quiet)
+    _setup_logging(quiet or as_json)
     from .core.task import load_task
     from .training import train as run_train
 
@@ -158,16 +194,20 @@ def train(
     out_dir = out_dir or Path("runs") / f"{spec.name}-{method}"
     values = parse_settings(settings, config_file)
     run = run_train(spec, method=method, model=model, out=out_dir, train=train_file, validation=validation_file,
-                    test=test_file, config=values, overwrite=overwrite, resume=resume, progress=not quiet)
+                    test=test_file, config=values, overwrite=overwrite, resume=resume, progress=not (quiet or as_json))
     from .core.runs import process_rank
 
     if process_rank()[0] != 0:  # under `accelerate launch` the main process reports for all
         return
-    out.print(f"trained [bold]{method}[/] in {run.config['train_seconds']:.1f} s → {run.dir}")
-    if (run.dir / "metrics.json").exists():
-        import json
+    import json
 
-        _summary(json.loads((run.dir / "metrics.json").read_text()), f"test: {run.config['data']['test']}")
+    metrics = json.loads((run.dir / "metrics.json").read_text()) if (run.dir / "metrics.json").exists() else None
+    if as_json:
+        return _print_json({"run": str(run.dir), "method": method, "model": model, "train_seconds": run.config["train_seconds"],
+                            "budget": run.config.get("budget"), "metrics": _headline(metrics)})
+    out.print(f"trained [bold]{method}[/] in {run.config['train_seconds']:.1f} s → {run.dir}")
+    if metrics is not None:
+        _summary(metrics, f"test: {run.config['data']['test']}")
         out.print(f"report: {run.dir / 'report.md'}")
 
 
@@ -183,10 +223,12 @@ def eval_cmd(
     top: int = typer.Option(10, "--top", min=0, help="most confident mistakes and most confused pairs to list"),
     overwrite: bool = typer.Option(False, "--overwrite", help="zero-shot: replace an existing output folder"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON (nothing else on stdout)"),
 ):
     """Evaluate a run (predictions.jsonl, metrics.json, report.md, report.html, plots), or a base
     model zero-shot with --model and --task (the "base" row to compare fine-tuned runs against)."""
-    _setup_logging(quiet)
+    _setup_logging(quiet or as_json)
+    quiet = quiet or as_json
     if model is not None or task is not None:
         if model is None or task is None or run_dir is not None:
             raise ConfigError("zero-shot evaluation takes --model and --task (and no run directory)",
@@ -199,6 +241,8 @@ def eval_cmd(
         spec = load_task(task)
         target = out_dir or Path("runs") / f"{spec.name}-zeroshot-{Path(model).name}"
         metrics = zero_shot(spec, model, target, data, decoding=decoding, overwrite=overwrite, progress=not quiet)
+        if as_json:
+            return _print_json({"run": str(target), **_headline(metrics)})
         _summary(metrics, f"zero-shot {model} on {metrics['data']}")
         out.print(f"report: {target / 'report.md'}  {target / 'report.html'}")
         return
@@ -207,6 +251,8 @@ def eval_cmd(
     from .evaluation.report import evaluate_run
 
     metrics = evaluate_run(run_dir, data, out_dir=out_dir, progress=not quiet, top=top)
+    if as_json:
+        return _print_json({"run": str(run_dir), **_headline(metrics)})
     _summary(metrics, f"{run_dir} on {metrics['data']}")
     target = out_dir or run_dir
     out.print(f"report: {target / 'report.md'}  {target / 'report.html'}")
@@ -288,15 +334,18 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="discard an interrupted run's output instead of resuming it"),
     sync_seconds: float = typer.Option(2.0, "--sync-seconds", min=0, help="how often finished rows are made durable"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON (nothing else on stdout)"),
 ):
     """Predict a file in streaming batches: label + probability of every label per record.
 
     Finished rows are kept when the run is interrupted; re-running the same command continues."""
-    _setup_logging(quiet)
+    _setup_logging(quiet or as_json)
     from .predict.predictor import predict_file
 
-    info = predict_file(run_dir, input_path, output_path, batch_size=batch_size, progress=not quiet, overwrite=overwrite,
-                        sync_seconds=sync_seconds)
+    info = predict_file(run_dir, input_path, output_path, batch_size=batch_size, progress=not (quiet or as_json),
+                        overwrite=overwrite, sync_seconds=sync_seconds)
+    if as_json:
+        return _print_json(info)
     resumed = f", resumed after {info['resumed_from']}" if info.get("resumed_from") else ""
     out.print(f"{info['records']} records → {info['output']} ({info['records_per_second']} rec/s{resumed})")
 
@@ -372,10 +421,13 @@ def serve(
 
 @app.command()
 @handled
-def models():
+def models(as_json: bool = typer.Option(False, "--json", help="print the list as JSON")):
     """List the packaged offline models."""
     from .core.models import PACKAGED
 
+    if as_json:
+        return _print_json([{"name": m.name, "package": m.package, "install": m.install, "languages": list(m.languages),
+                             "decoder": m.decoder} for m in PACKAGED.values()])
     table = Table("name", "package", "languages", "kind")
     for m in PACKAGED.values():
         table.add_row(m.name, m.install, ", ".join(m.languages), "decoder" if m.decoder else "encoder")
@@ -384,8 +436,13 @@ def models():
 
 @app.command()
 @handled
-def methods():
+def methods(as_json: bool = typer.Option(False, "--json", help="print the list as JSON")):
     """List the training methods."""
+    if as_json:
+        from .methods import get_method
+
+        return _print_json([{"name": name, "what": what, "kinds": list(get_method(name).KINDS),
+                             "needs_model": get_method(name).NEEDS_MODEL} for name, what in METHODS.items()])
     table = Table("method", "what")
     for name, what in METHODS.items():
         table.add_row(name, what)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,11 +21,23 @@ from ..errors import RunError
 from .task import TaskSpec, load_task
 
 
+def _file_mode() -> int:
+    """The mode a plain open() would give a new file (0644 under the usual umask 022). Read once:
+    os.umask can only be read by setting it, which must not race with other threads later."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600: a copied run must stay readable by others
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -121,9 +134,18 @@ def _run_files(run_dir: Path) -> list[Path]:
     return files
 
 
+def share_files(run_dir: Path) -> None:
+    """Give files the libraries wrote (safetensors writes 0600) the mode our own writes get, so a
+    copied run stays readable by others."""
+    for p in Path(run_dir).rglob("*"):
+        if p.is_file() and not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) & FILE_MODE != FILE_MODE:
+            os.chmod(p, stat.S_IMODE(p.stat().st_mode) | FILE_MODE)
+
+
 def write_manifest(run_dir: Path) -> None:
     """A checksum per file of the run, written last: its presence says the run is complete."""
     run_dir = Path(run_dir)
+    share_files(run_dir)
     entries = {str(p.relative_to(run_dir)): {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in _run_files(run_dir)}
     atomic_write_json(run_dir / MANIFEST, {"version": 1, "files": entries})
     (run_dir / INCOMPLETE).unlink(missing_ok=True)

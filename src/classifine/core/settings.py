@@ -161,6 +161,16 @@ def trainer_callbacks(settings: TrainerSettings, run_dir: Path) -> list:
     return [EarlyStoppingCallback(settings.early_stopping_patience), tensorboard]
 
 
+def quiet_trainer(trainer, progress: bool):
+    """Without progress output, the Trainer prints every log dict instead of a bar (PrinterCallback):
+    ``--quiet`` means only warnings and errors, so that printer goes too. Returns the trainer."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def resume_checkpoint(run_dir: Path, resume: bool) -> str | None:
     """The Trainer checkpoint ``--resume`` continues from: the newest *complete* one. The Trainer
     writes a checkpoint's trainer_state.json after its weights, optimizer and RNG states, so a

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.budget import context_limit, load_tokenizer, memory_limit, plan_max_length, token_lengths
 from ..core.data import Examples
-from ..core.settings import resume_checkpoint, trainer_callbacks, training_arguments
+from ..core.settings import quiet_trainer, resume_checkpoint, trainer_callbacks, training_arguments
 from ..core.task import TaskSpec
 from ..scoring.decision import calibration, class_weights, probabilities
 from ..scoring.kinds import validation_metrics
@@ -204,8 +204,9 @@ def make_trainer(task: TaskSpec, net, tokenizer, feats: list[dict], validation: 
     args = training_arguments(config, run_dir, selection_metric(task), progress, remove_unused_columns=False,
                               prediction_loss_only=True)
     pad = tokenizer.pad_token_id
-    return AnswerTrainer(model=net, args=args, train_dataset=feats, eval_dataset=val_feats,
-                         data_collator=lambda f: collate(f, pad), callbacks=trainer_callbacks(config, run_dir))
+    return quiet_trainer(AnswerTrainer(model=net, args=args, train_dataset=feats, eval_dataset=val_feats,
+                                       data_collator=lambda f: collate(f, pad), callbacks=trainer_callbacks(config, run_dir)),
+                         progress)
 
 
 def calibrate(task: TaskSpec, net, tokenizer, validation: Examples, config) -> dict:

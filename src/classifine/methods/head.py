@@ -18,7 +18,7 @@ from pydantic import Field
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
 from ..core.settings import (AdapterSettings, NonNegative, Positive, TrainerSettings, load_for_training,
-                             resume_checkpoint, trainer_callbacks, training_arguments)
+                             quiet_trainer, resume_checkpoint, trainer_callbacks, training_arguments)
 from ..core.task import TaskSpec
 from ..scoring.decision import class_weights, ordinal_probabilities, probabilities
 from ..scoring.kinds import validation_metrics
@@ -133,9 +133,10 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     lr = config.learning_rate or (2e-4 if config.lora or config.load_in_4bit else 5e-5)
     args = training_arguments(config, run_dir, config.metric, progress, learning_rate=lr,
                               per_device_eval_batch_size=config.batch_size * 2)
-    trainer = Trainer(model=net, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_loss_func=_loss_fn(task, train, config.class_weight),
-                      compute_metrics=metrics, callbacks=trainer_callbacks(config, run_dir))
+    trainer = quiet_trainer(Trainer(
+        model=net, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer), compute_loss_func=_loss_fn(task, train, config.class_weight),
+        compute_metrics=metrics, callbacks=trainer_callbacks(config, run_dir)), progress)
 
     # --- train ---
     checkpoint = resume_checkpoint(run_dir, resume)

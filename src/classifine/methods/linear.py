@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
 
+from ..core.runs import atomic_write_bytes
 from ..scoring.decision import class_weights, ordinal_probabilities, probabilities
 
 ClassWeight = str | dict[str, float] | None
@@ -81,7 +83,8 @@ class LinearHead:
         return [self.classes_[i] for i in p.argmax(1)]
 
     def save(self, folder: Path, prefix: str = "head") -> None:
-        save_file({"coef": self.coef_, "intercept": self.intercept_}, str(folder / f"{prefix}.safetensors"))
+        tensors = {"coef": self.coef_, "intercept": self.intercept_}
+        atomic_write_bytes(folder / f"{prefix}.safetensors", safetensors_bytes(tensors))
         meta = {"type": "linear", "multi_label": self.multi_label, "classes": self.classes_, "C": self.C,
                 "class_weight": self.class_weight}
         (folder / f"{prefix}.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
@@ -123,7 +126,8 @@ class OrdinalHead:
         return [self.classes_[i] for i in self.predict_proba(X).argmax(1)]
 
     def save(self, folder: Path, prefix: str = "head") -> None:
-        save_file({"coef": self.coef_, "intercept": self.intercept_, "sigma": self.sigma_}, str(folder / f"{prefix}.safetensors"))
+        tensors = {"coef": self.coef_, "intercept": self.intercept_, "sigma": self.sigma_}
+        atomic_write_bytes(folder / f"{prefix}.safetensors", safetensors_bytes(tensors))
         meta = {"type": "ordinal", "classes": self.classes_, "alpha": self.alpha, "class_weight": self.class_weight}
         (folder / f"{prefix}.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
 

@@ -22,7 +22,7 @@ from pydantic import Field
 from ..core.data import Examples, load_examples
 from ..core.runs import atomic_write_text
 from ..core.settings import (AdapterSettings, AtLeast1, GenerativeSettings, Positive, TrainerSettings,
-                             trainer_callbacks, training_arguments)
+                             quiet_trainer, trainer_callbacks, training_arguments)
 from ..core.task import TaskSpec, load_task
 from ..errors import ConfigError
 from ..generative.causal_lm import GenerativeScorer, load_causal_lm
@@ -117,8 +117,9 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
         r.pop("draw", None)
     args = training_arguments(config, run_dir, selection_metric(task), progress, args_class=ORPOConfig,
                               beta=config.beta, max_length=config.max_length + 96)
-    trainer = base(model=net, args=args, train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(val_rows),
-                   processing_class=tokenizer, callbacks=trainer_callbacks(config, run_dir))
+    trainer = quiet_trainer(base(model=net, args=args, train_dataset=Dataset.from_list(rows),
+                                 eval_dataset=Dataset.from_list(val_rows), processing_class=tokenizer,
+                                 callbacks=trainer_callbacks(config, run_dir)), progress)
 
     # --- train, then save ---
     info = train_and_save(trainer, task, tokenizer, validation, config, model, run_dir, resume)

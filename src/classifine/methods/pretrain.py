@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field
 
 from ..core.data import Examples, read_table
-from ..core.settings import Settings
+from ..core.settings import Settings, quiet_trainer
 from ..core.task import TaskSpec
 from ..errors import DataError
 from ..generative.causal_lm import GenerativeScorer
@@ -99,7 +99,8 @@ def pretrain(tokenizer, texts: list[str], val_texts: list[str], config: Config, 
                              warmup_steps=0.05, weight_decay=0.1, save_strategy="no", eval_strategy="no",
                              logging_steps=20, report_to="none", seed=config.seed, use_cpu=not torch.cuda.is_available(),
                              disable_tqdm=not progress)
-    trainer = Trainer(model=model, args=args, train_dataset=train_blocks, data_collator=default_data_collator)
+    trainer = quiet_trainer(Trainer(model=model, args=args, train_dataset=train_blocks, data_collator=default_data_collator),
+                            progress)
     result = trainer.train()
     val_loss = trainer.evaluate(val_blocks)["eval_loss"]
     model.save_pretrained(folder)

@@ -12,9 +12,11 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
 
 from ..core.data import Examples
+from ..core.runs import atomic_write_bytes
 from ..core.settings import Settings
 from ..core.task import TaskSpec
 from .linear import fit_head, load_head, make_head
@@ -57,7 +59,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     fit_head(head, task.kind, X, train.labels, task.label_names, X_val, validation.labels if validation else None)
     vocab = {term: int(i) for term, i in vec.vocabulary_.items()}
     (model_dir / "vocabulary.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    save_file({"idf": vec.idf_.astype(np.float32)}, str(model_dir / "idf.safetensors"))
+    atomic_write_bytes(model_dir / "idf.safetensors", safetensors_bytes({"idf": vec.idf_.astype(np.float32)}))
     (model_dir / "tfidf.json").write_text(config.model_dump_json(indent=1))
     head.save(model_dir)
     return {"features": len(vocab)}

@@ -4,31 +4,17 @@ like the library, and bad requests get that protocol's own 4xx body."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import classifine
 from classifine.predict.predictor import Predictor
 from classifine.serve.app import ServeSettings, create_app
 
-from test_serve import RECORD, free_port, start_server, stop
+from test_serve import RECORD, free_port, predictor, runs, start_server, stop  # noqa: F401 (fixtures)
 
 OTHER = {"title": "storm and rain", "body": "the forecast says snow and wind"}
-
-
-@pytest.fixture(scope="module")
-def runs(toy_tasks, tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("protocol-runs")
-    return {kind: classifine.train(toy_tasks[kind], method="tfidf", out=base / kind, progress=False).dir
-            for kind in ("single_label", "multi_label")}
-
-
-@pytest.fixture(scope="module")
-def predictor(runs) -> Predictor:
-    return Predictor.load(runs["single_label"])
 
 
 @pytest.fixture

@@ -287,3 +287,16 @@ def test_resume_skips_a_checkpoint_cut_off_while_being_written(tmp_path):
     assert resume_checkpoint(tmp_path, resume=False) is None
     assert resume_checkpoint(tmp_path, resume=True) == str(ckpts / "checkpoint-10")
     assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-10", "checkpoint-9"], "the cut-off ones are gone"
+
+
+def test_resuming_a_finished_run_tunes_decisions_afresh(toy_tasks, tmp_path):
+    """Found by the SIGKILL test: a run killed while evaluating is complete, and --resume used to tune
+    offsets and temperature on probabilities the old decision.json had already adjusted."""
+    spec = toy_tasks["single_label"]
+    run = classifine.train(spec, method="tfidf", out=tmp_path / "run", progress=False, config={"C": 0.05})
+    first = json.loads((run.dir / "model" / "decision.json").read_text())
+    assert first.get("temperature", 1.0) != 1.0, "a temperature is applied, so a stale one would compound"
+    before = (run.dir / "predictions.jsonl").read_text()
+    again = classifine.train(spec, method="tfidf", out=tmp_path / "run", progress=False, config={"C": 0.05}, resume=True)
+    assert json.loads((again.dir / "model" / "decision.json").read_text()) == first
+    assert (again.dir / "predictions.jsonl").read_text() == before

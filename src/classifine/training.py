@@ -113,6 +113,7 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
         atomic_write_yaml(run_dir / "config.yaml", record)
         run = Run.load(run_dir, partial_ok=True)
         predictor = Predictor.load(run)
+        predictor.decision = {}  # decisions are tuned on the model's own probabilities, never on adjusted ones
         if task.kind != "extraction" and val_ex is not None:
             # class_weight none = no imbalance handling at all, so no class offsets either
             decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,

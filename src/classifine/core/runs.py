@@ -102,6 +102,8 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = Fal
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     (out / MANIFEST).unlink(missing_ok=True)  # the run is being rewritten: no longer the one the manifest describes
+    # decisions are tuned on the new model's raw probabilities; a stale file would be applied first
+    (out / "model" / "decision.json").unlink(missing_ok=True)
     (out / "model").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / INCOMPLETE, "training started; removed when the run is complete\n")
     return out

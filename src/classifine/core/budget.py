@@ -42,36 +42,29 @@ def truncation(lengths: np.ndarray, budget: int) -> dict:
             "tokens_kept_share": round(float(np.mean(budget / cut)), 4) if len(cut) else 1.0}
 
 
-def context_limit(model_path: str) -> int | None:
-    """The model's context length, from its config (None when it states none)."""
+def model_caps(model_path: str, batch_size: int, training: bool) -> dict[str, int | None]:
+    """Upper limits on max_length from the model's config (loaded once): its context length, and
+    the longest sequence whose activations for one batch fit in a quarter of this machine's memory
+    (fp32; about 40 floats per layer and hidden unit per token in training with the LM head
+    restricted to the answer, 8 without gradients) — an estimate, to keep a default from swapping.
+    None where the config does not say."""
     from transformers import AutoConfig
 
     try:
         cfg = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError):
-        return None
+        return {}
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    n = getattr(cfg, "max_position_embeddings", None)
-    return int(n) if n else None
-
-
-def memory_limit(model_path: str, batch_size: int, training: bool) -> int | None:
-    """The longest sequence whose activations for one batch fit in a quarter of this machine's
-    memory (fp32; about 40 floats per layer and hidden unit per token in training with the LM head
-    restricted to the answer, 8 without gradients). An estimate, to keep a default from swapping."""
-    from transformers import AutoConfig
-
+    context = getattr(cfg, "max_position_embeddings", None)
+    hidden, layers = getattr(cfg, "hidden_size", None), getattr(cfg, "num_hidden_layers", None)
+    memory = None
     try:
-        cfg = AutoConfig.from_pretrained(model_path)
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (OSError, ValueError, AttributeError):
-        return None
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    hidden, layers = getattr(cfg, "hidden_size", None), getattr(cfg, "num_hidden_layers", None)
-    if not hidden or not layers:
-        return None
-    per_token = hidden * layers * (40 if training else 8) * 4
-    return max(64, int(total / 4 / (batch_size * per_token)))
+        total = None
+    if hidden and layers and total:
+        memory = max(64, int(total / 4 / (batch_size * hidden * layers * (40 if training else 8) * 4)))
+    return {"model context": int(context) if context else None, "memory estimate": memory}
 
 
 def plan_max_length(lengths: np.ndarray, overhead: int, requested: int | None, allow_truncation: bool,
@@ -133,7 +126,7 @@ def plan_for_encoder(model: str, texts: list[str], config, training: bool, prefi
     tokenizer, path = load_tokenizer(model)
     specials = tokenizer.num_special_tokens_to_add()
     prefixed = len(tokenizer(prefix, add_special_tokens=False).input_ids) if prefix else 0
-    caps = {"model context": context_limit(path), "memory estimate": memory_limit(path, config.batch_size, training)}
+    caps = model_caps(path, config.batch_size, training)
     parts = {"special_tokens": specials, **({"prefix_tokens": prefixed} if prefix else {})}
     return plan_max_length(token_lengths(tokenizer, texts, config.seed), specials + prefixed, config.max_length,
                            config.allow_truncation, caps, floor=8, parts=parts)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.budget import context_limit, load_tokenizer, memory_limit, plan_max_length, token_lengths
+from ..core.budget import load_tokenizer, model_caps, plan_max_length, token_lengths
 from ..core.data import Examples
 from ..core.settings import quiet_trainer, resume_checkpoint, trainer_callbacks, training_arguments
 from ..core.task import TaskSpec
@@ -256,8 +256,7 @@ def plan_budget(task: TaskSpec, train: Examples, config, tokenizer, model_path: 
     answer = config.answer_budget or (extraction_answer_budget(fmt, task, train.labels) if task.kind == "extraction"
                                       else answer_budget(task, fmt))
     frame = frame_tokens(fmt, task)
-    caps = {} if model_path is None else {"model context": context_limit(model_path),
-                                          "memory estimate": memory_limit(model_path, config.batch_size, training=True)}
+    caps = {} if model_path is None else model_caps(model_path, config.batch_size, training=True)
     facts = plan_max_length(token_lengths(tokenizer, train.texts, config.seed), frame + answer, config.max_length,
                             config.allow_truncation, caps, floor=16, parts={"prompt_frame": frame, "answer_budget": answer})
     return config.model_copy(update={"max_length": facts["max_length"], "answer_budget": answer}), facts

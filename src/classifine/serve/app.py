@@ -33,7 +33,7 @@ from ..errors import ClassifineError, ConfigError, DataError, TaskError
 from ..predict.predictor import Predictor
 from .batching import MicroBatcher, Overloaded, ShuttingDown
 from .metrics import HTTPMetrics, RequestGuard
-from .protocols import add_protocols
+from .protocols import add_protocols, valid_utf8
 
 log = logging.getLogger("classifine.serve")
 TOKEN_ENV = "CLASSIFINE_TOKEN"
@@ -79,11 +79,8 @@ class _RecordBase(BaseModel):
     @model_validator(mode="after")
     def _usable_text(self):
         values = [v for v in self.__dict__.values() if isinstance(v, str)]
-        for v in values:
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:  # lone surrogates: JSON allows them, tokenizers do not
-                raise ValueError("a text field holds invalid Unicode (an unpaired surrogate): send valid UTF-8 text") from None
+        if not all(valid_utf8(v) for v in values):
+            raise ValueError("a text field holds invalid Unicode (an unpaired surrogate): send valid UTF-8 text")
         if not any(v.strip() for v in values):
             raise ValueError("every text field is blank: send some text to classify")
         return self

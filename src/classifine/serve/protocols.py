@@ -106,7 +106,7 @@ class Protocols:
             raise fail(422, "no inputs: send at least one text", "Validation")
         if len(items) > self.settings.max_records:
             raise fail(413, f"{len(items)} inputs in one request; at most {self.settings.max_records}", "Validation")
-        texts, problems = [], []
+        problems = []
         for i, item in enumerate(items):
             fields = [item] if isinstance(item, str) else list(item)
             if not isinstance(item, str) and len(fields) != n_fields:
@@ -116,14 +116,14 @@ class Protocols:
                 problems.append(f"input {i}: longer than {limit} characters per text field")
             elif not any(f.strip() for f in fields):
                 problems.append(f"input {i}: blank text")
-            elif any(not _utf8(f) for f in fields):
+            elif any(not valid_utf8(f) for f in fields):
                 problems.append(f"input {i}: invalid Unicode (an unpaired surrogate)")
-            else:
-                texts.append(item if isinstance(item, str) else
-                             records_to_texts(self.task, [dict(zip(self.task.text, fields))], source="request")[0])
         if problems:
             raise fail(422, "; ".join(problems[:10]), "Validation")
-        return texts
+        # lists of fields are joined like /v1/classify records, all in one call
+        records = [dict(zip(self.task.text, item)) for item in items if not isinstance(item, str)]
+        joined = iter(records_to_texts(self.task, records, source="request") if records else [])
+        return [item if isinstance(item, str) else next(joined) for item in items]
 
     def ranked(self, out: dict) -> list[tuple[str, float]]:
         return sorted(out["probabilities"].items(), key=lambda kv: -kv[1])
@@ -347,7 +347,8 @@ class Protocols:
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def _utf8(text: str) -> bool:
+def valid_utf8(text: str) -> bool:
+    """False for strings JSON allows but tokenizers refuse (unpaired surrogates)."""
     try:
         text.encode("utf-8")
         return True

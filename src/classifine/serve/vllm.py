@@ -84,8 +84,9 @@ def vllm_scorer(run: Run, llm=None, trust_remote_code: bool = False) -> Generati
     """The run's GenerativeScorer with label scoring on vLLM (``llm``: an engine already built)."""
     from transformers import AutoTokenizer
 
-    weights = check_environment(run) if llm is None else GenerativeRun.read(run.model_dir).weights_dir()
+    weights = check_environment(run) if llm is None else None  # every refusal before any file is read
     saved = GenerativeRun.read(run.model_dir)
+    weights = weights or saved.weights_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(weights if saved.zero_shot else run.model_dir),
                                               trust_remote_code=trust_remote_code)
     if llm is None:

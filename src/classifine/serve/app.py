@@ -12,9 +12,11 @@ in the server, never bad input.
 
 import difflib
 import hmac
+import importlib.util
+import json
 import logging
 import os
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,12 +24,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..core.data import records_to_texts
+from ..core.data import iter_records, records_to_texts
 from ..core.task import TaskSpec
 from ..errors import ClassifineError, ConfigError, DataError, TaskError
 from ..predict.predictor import Predictor
@@ -37,6 +41,8 @@ from .protocols import add_protocols, valid_utf8
 
 log = logging.getLogger("classifine.serve")
 TOKEN_ENV = "CLASSIFINE_TOKEN"
+DOCS_ASSETS = "/docs-assets"
+DOCS_PACKAGE = "fastapi_offline"  # ships Swagger UI's and ReDoc's scripts as package data
 
 
 @dataclass(frozen=True)
@@ -201,12 +207,53 @@ def _install_error_handlers(app: FastAPI, metrics: HTTPMetrics, fields: list[str
 
 # --- the app ----------------------------------------------------------------------------------
 
+def _field_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def task_example(predictor, max_chars: int) -> dict | None:
+    """One record of the task's own data for the playground to start from: the first complete record
+    of the run's test, validation or training file (the frozen spec keeps their absolute paths), else
+    the first text of its predictions.jsonl. None when the run has none of these here (a run copied
+    without its data and never evaluated) or the predictor is not a run. Read only: serving never
+    writes into the run directory."""
+    run = getattr(predictor, "run", None)
+    if run is None:
+        return None
+    task: TaskSpec = run.task
+    for split in ("test", "validation", "train"):
+        path = task.data_path(split)
+        if path is None or not path.is_file():
+            continue
+        try:
+            with closing(iter_records(path, batch_size=32)) as batches:
+                batch = next(batches, [])
+        except (ClassifineError, OSError, ValueError) as e:  # an example is a nicety: never a reason not to serve
+            log.warning("no playground example from %s: %s", path, e)
+            continue
+        for row in batch:
+            record = {f: _field_text(row.get(f))[:max_chars] for f in task.text}
+            if all(v.strip() for v in record.values()):
+                return {"record": record, "source": split}
+    try:
+        with (run.dir / "predictions.jsonl").open(encoding="utf-8") as f:
+            text = json.loads(f.readline() or "{}").get("text")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(text, str) or not text.strip():
+        return None
+    # only the joined text is kept there; the model reads the same text from it in the first field,
+    # because joining skips the blank fields
+    return {"record": {f: text[:max_chars] if i == 0 else "" for i, f in enumerate(task.text)}, "source": "predictions"}
+
+
 def task_document(predictor, settings: ServeSettings, record: type[BaseModel], response: type[BaseModel]) -> dict:
     task: TaskSpec = predictor.task
     run = getattr(predictor, "run", None)
     return {
         "name": task.name, "kind": task.kind, "text": list(task.text), "labels": task.label_names,
         "label_descriptions": dict(task.labels), "instruction": task.instruction,
+        "example": task_example(predictor, settings.max_chars),
         "method": run.method if run is not None else None, "model": (run.config.get("model") if run is not None else None),
         "limits": {"max_records": settings.max_records, "max_chars": settings.max_chars,
                    "max_body_bytes": settings.body_limit(len(task.text))},
@@ -236,7 +283,7 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         await batcher.close()
 
     labels = ", ".join(task.label_names) or task.entity
-    app = FastAPI(title=f"classifine: {task.name}", version=_version(), lifespan=lifespan,
+    app = FastAPI(title=f"classifine: {task.name}", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=(f"{task.kind} classifier for task '{task.name}'. Text fields: {task.text}. "
                                f"Labels: {labels}.\n\n{task.instruction or ''}"))
     app.state.settings, app.state.batcher, app.state.metrics = settings, batcher, metrics
@@ -291,6 +338,7 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         return HTMLResponse(_playground_html())
 
     add_protocols(app, task, predict, settings, settings.model_name or task.name, _version(), token_ok)
+    _add_docs(app)
 
     app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=settings.body_limit(len(task.text)))
     return app
@@ -307,6 +355,41 @@ def _version() -> str:
 
 def _playground_html() -> str:
     return resources.files("classifine.serve").joinpath("static/playground.html").read_text(encoding="utf-8")
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles served by this app rather than
+    FastAPI's default CDN, so both work where no CDN is reachable. Public like /openapi.json: the
+    pages only describe the API; Swagger UI's "Authorize" sends the token to the guarded routes."""
+    if importlib.util.find_spec(DOCS_PACKAGE) is None:
+        raise ConfigError(f"{DOCS_PACKAGE} is not installed: it holds the offline /docs and /redoc pages",
+                          ["install the serve extra: pip install -e '.[serve]'"])
+    # a route rather than app.mount: mounts are invisible to the metrics' route labels
+    files = StaticFiles(packages=[(DOCS_PACKAGE, "static")])
+
+    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str, request: Request) -> Response:
+        return await files.get_response(name, request.scope)
+
+    def urls(request: Request) -> tuple[str, str]:
+        root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy that strips a prefix
+        return root + app.openapi_url, root + DOCS_ASSETS
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        openapi, assets = urls(request)
+        return get_swagger_ui_html(openapi_url=openapi, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{assets}/swagger-ui.css",
+                                   swagger_favicon_url=f"{assets}/favicon.png",
+                                   swagger_ui_parameters=app.swagger_ui_parameters)
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        openapi, assets = urls(request)
+        return get_redoc_html(openapi_url=openapi, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url=f"{assets}/favicon.png",
+                              with_google_fonts=False)
 
 
 # --- running it -------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
+                               PlatformCollector, ProcessCollector, generate_latest)
 from starlette.responses import JSONResponse
 
 METHODS = {"GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"}
@@ -21,6 +22,10 @@ class HTTPMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # the global registry has these built in; a private one must add them (memory, CPU, fds, python_info)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self._requests = Counter("classifine_http_requests", "HTTP requests by route, method and status",
                                  ["path", "method", "status"], registry=r)
         self._latency = Histogram("classifine_http_request_seconds", "HTTP request latency by route",

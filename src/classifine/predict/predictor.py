@@ -105,9 +105,13 @@ def save_decision(model_dir: Path, decision: dict) -> None:
 
 
 def read_decision(model_dir: Path) -> dict:
-    """What was tuned on validation; empty for runs without (zero-shot runs, extraction)."""
+    """What was tuned on validation and is still to be applied; empty for runs without (zero-shot
+    runs, extraction). Entries listed in ``folded`` are already applied by the model's own
+    classifier layer (head runs, methods/head.py ``fold_decision``) and are left out, so they are
+    never applied twice; the file keeps them for the record."""
     path = Path(model_dir) / DECISION
-    return json.loads(path.read_text()) if path.exists() else {}
+    decision = json.loads(path.read_text()) if path.exists() else {}
+    return {k: v for k, v in decision.items() if k not in set(decision.get("folded") or ())}
 
 
 def batched_proba(predictor: Predictor, texts: list[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Runs in formats other runtimes load (``classifine export``)."""

@@ -76,7 +76,7 @@ def test_export_refuses_what_it_cannot_convert(toy_tasks, tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="unknown export format"):
         export_module.export(run.dir, "tflite")
     run.config["method"] = "head"  # as if it were a head run on a machine without the extra
-    monkeypatch.setattr(export_module, "_installed", lambda m: m != "onnxscript")
+    monkeypatch.setattr(export_module, "onnx_missing", lambda: ["onnxscript"])
     with pytest.raises(ConfigError, match="onnxscript") as e:
         export_module._check_run(run, "onnx")
     assert "classifine[export]" in e.value.problems[0]

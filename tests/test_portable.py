@@ -1,7 +1,8 @@
 """Every run's saved model gives classifine's answers in the field's own libraries (README.md, "Load
 runs without classifine"). Each check runs in a fresh interpreter that never imports classifine
 (asserted there) and is compared here with classifine's Predictor; the tfidf, embed and generative
-checks run README.md's snippets exactly as printed."""
+checks run README.md's snippets exactly as printed. Classifine's side runs fp32 PyTorch (engine
+torch): the ONNX engines' own tolerance is tested in test_accel.py."""
 from __future__ import annotations
 
 import csv
@@ -107,7 +108,7 @@ def test_head_pipeline_gives_classifine_answers(kind, toy_tasks, tmp_path, bert_
     decision = json.loads((run.model_dir / "decision.json").read_text())
     assert decision["folded"] == {"single_label": ["offsets", "temperature"], "multi_label": ["thresholds"],
                                   "ordinal": ["temperature"]}[kind]
-    predictor = Predictor.load(run.dir)
+    predictor = Predictor.load(run.dir, engine="torch")
     assert not set(decision["folded"]) & set(predictor.decision), "folded decisions are not applied twice"
     want, probs = predictor.predict_texts(TEXTS), predictor.predict_proba(TEXTS)
     labels = run.task.label_names
@@ -153,7 +154,7 @@ def test_decoder_head_folds_what_a_bias_free_layer_can_take(offsets, toy_tasks, 
     run = classifine.train(toy_tasks["single_label"], method="head", model=gemma_path, out=tmp_path / "run",
                            config=FAST_HEAD, progress=False)
     decision = json.loads((run.model_dir / "decision.json").read_text())
-    predictor = Predictor.load(run.dir)
+    predictor = Predictor.load(run.dir, engine="torch")
     probs = predictor.predict_proba(TEXTS)
     raw, _ = _raw_logits(run, TEXTS)
     np.testing.assert_allclose(probs, adjust("single_label", probabilities("single_label", raw),
@@ -177,14 +178,14 @@ def test_resume_tunes_on_raw_weights_and_folds_once(toy_tasks, tmp_path, bert_pa
     spec, out = toy_tasks["single_label"], tmp_path / "run"
     run = classifine.train(spec, method="head", model=bert_path, out=out, config=FAST_HEAD, progress=False)
     first = (json.loads((out / "model" / "decision.json").read_text()), load_file(str(out / "model" / "model.safetensors")))
-    before = Predictor.load(out).predict_proba(TEXTS)
+    before = Predictor.load(out, engine="torch").predict_proba(TEXTS)
     again = classifine.train(spec, method="head", model=bert_path, out=out, config=FAST_HEAD, progress=False, resume=True)
     assert again.config["info"]["resumed"] is True and len(seen) == 2
     np.testing.assert_array_equal(seen[0], seen[1])
     assert json.loads((out / "model" / "decision.json").read_text()) == first[0]
     weights = load_file(str(out / "model" / "model.safetensors"))
     assert all((weights[k] == v).all() for k, v in first[1].items())
-    np.testing.assert_allclose(Predictor.load(out).predict_proba(TEXTS), before, atol=1e-7)
+    np.testing.assert_allclose(Predictor.load(out, engine="torch").predict_proba(TEXTS), before, atol=1e-7)
 
     from classifine.methods.head import fold_decision
     with pytest.raises(RunError, match="already"):  # folding twice would compound the decisions
@@ -204,7 +205,7 @@ def test_embed_run_predicts_with_sentence_transformers(request, which, kind, con
     assert run.config["info"]["encoder_weights"] in ("linked", "copied")
     if run.config["info"]["encoder_weights"] == "linked":
         assert (encoder / "model.safetensors").stat().st_nlink >= 2, "no second copy of the weights"
-    predictor = Predictor.load(run.dir)
+    predictor = Predictor.load(run.dir, engine="torch")
     assert Path(predictor.scorer.encoder.model.name_or_path) == encoder, "classifine loads the run's own encoder"
     want, probs = predictor.predict_texts(TEXTS), predictor.predict_proba(TEXTS)
     code = snippet("linear-head") + snippet("embed") + (
@@ -220,13 +221,13 @@ def test_embed_runs_without_the_folder_still_load(toy_tasks, tmp_path, bert_path
     import shutil
 
     run = classifine.train(toy_tasks["single_label"], method="embed", model=bert_path, out=tmp_path / "run", progress=False)
-    probs = Predictor.load(run.dir).predict_proba(TEXTS)
+    probs = Predictor.load(run.dir, engine="torch").predict_proba(TEXTS)
     shutil.rmtree(run.model_dir / "encoder")
     meta = json.loads((run.model_dir / "encoder.json").read_text())
     meta.pop("sentence_transformers"), meta.pop("save_encoder")
     (run.model_dir / "encoder.json").write_text(json.dumps(meta))
     (run.dir / "manifest.json").unlink()  # an old run has none
-    old = Predictor.load(run.dir)
+    old = Predictor.load(run.dir, engine="torch")
     assert Path(old.scorer.encoder.model.name_or_path) == Path(bert_path)
     np.testing.assert_allclose(old.predict_proba(TEXTS), probs, atol=1e-6)
 
@@ -249,7 +250,7 @@ def test_tfidf_readme_snippet_gives_classifine_answers(kind, toy_tasks, tmp_path
     spec = _binary_task(tmp_path / "binary") if kind == "binary" else toy_tasks[kind]
     config = {"C": 0.05} if kind != "multi_label" else {}  # a weak head: calibration gets a temperature to apply
     run = classifine.train(spec, method="tfidf", out=tmp_path / "run", config=config, progress=False)
-    predictor = Predictor.load(run.dir)
+    predictor = Predictor.load(run.dir, engine="torch")
     want, probs = predictor.predict_texts(TEXTS), predictor.predict_proba(TEXTS)
     code = snippet("linear-head") + snippet("tfidf") + (
         "X = tfidf_features(PAYLOAD['model'], PAYLOAD['texts'])\n"
@@ -268,7 +269,7 @@ def test_generative_run_loads_in_transformers_and_peft(merge, small_tasks, tmp_p
     out = tmp_path / "run"
     classifine.train(small_tasks["single_label"], method="sft", model=gemma_path, out=out,
                      config={**QUICK, "merge": merge, "lora_r": 4}, progress=False)
-    predictor = Predictor.load(out)
+    predictor = Predictor.load(out, engine="torch")
     texts = TEXTS[:4]
     want, probs = predictor.predict_texts(texts), predictor.predict_proba(texts)
     code = snippet("generative") + (
@@ -299,7 +300,7 @@ def test_packaged_encoders_become_linked_sentence_transformers_folders(model, po
     # the Gemma cache is the user's own; site-packages may be root's (protected_hardlinks: then a copy)
     assert run.config["info"]["encoder_weights"] == "linked" or model == "minilm-l6"
     texts = ["Chipmaker shares jump on record profit", "폭우로 주택 침수 피해", "  Banjir besar melanda Jakarta  "]
-    predictor = Predictor.load(run.dir)
+    predictor = Predictor.load(run.dir, engine="torch")
     code = snippet("linear-head") + snippet("embed") + (
         "answers, p = linear_answers(PAYLOAD['model'], embed_features(PAYLOAD['model'], PAYLOAD['texts']))\n"
         "RESULT = {'answers': answers, 'probs': p.tolist()}\n")

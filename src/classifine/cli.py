@@ -25,6 +25,18 @@ err = Console(stderr=True)
 out = Console()
 
 
+ENGINE_OPT = typer.Option(None, "--engine", help="inference engine for head/embed runs: torch | onnx | onnx-int8 "
+                          "(default: the run's choice in model/inference.json, or CLASSIFINE_ENGINE)")
+
+
+def _use_engine(engine: str | None) -> None:
+    """Every loader reads CLASSIFINE_ENGINE, so one setting reaches the server's and Ray's workers too."""
+    if engine:
+        from .core.accel import ENGINE_ENV, check_engine
+
+        os.environ[ENGINE_ENV] = check_engine(engine)
+
+
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_time=False, show_path=False)], force=True)
@@ -222,12 +234,14 @@ def eval_cmd(
     decoding: str = typer.Option("score", "--decoding", help="zero-shot: score (label scoring) or generate"),
     top: int = typer.Option(10, "--top", min=0, help="most confident mistakes and most confused pairs to list"),
     overwrite: bool = typer.Option(False, "--overwrite", help="zero-shot: replace an existing output folder"),
+    engine: Optional[str] = ENGINE_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON (nothing else on stdout)"),
 ):
     """Evaluate a run (predictions.jsonl, metrics.json, report.md, report.html, plots), or a base
     model zero-shot with --model and --task (the "base" row to compare fine-tuned runs against)."""
     _setup_logging(quiet or as_json)
+    _use_engine(engine)
     quiet = quiet or as_json
     if model is not None or task is not None:
         if model is None or task is None or run_dir is not None:
@@ -373,6 +387,7 @@ def predict(
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     overwrite: bool = typer.Option(False, "--overwrite", help="discard an interrupted run's output instead of resuming it"),
     sync_seconds: float = typer.Option(2.0, "--sync-seconds", min=0, help="how often finished rows are made durable"),
+    engine: Optional[str] = ENGINE_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON (nothing else on stdout)"),
 ):
@@ -380,6 +395,7 @@ def predict(
 
     Finished rows are kept when the run is interrupted; re-running the same command continues."""
     _setup_logging(quiet or as_json)
+    _use_engine(engine)
     from .predict.predictor import predict_file
 
     info = predict_file(run_dir, input_path, output_path, batch_size=batch_size, progress=not (quiet or as_json),
@@ -420,10 +436,12 @@ def predict_ray(
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="Ray actors, each holding one Predictor"),
     num_cpus: float = typer.Option(1.0, "--num-cpus", help="CPUs reserved per actor (fractions work)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
+    engine: Optional[str] = ENGINE_OPT,
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ):
     """Predict a corpus on Ray Data (one machine or a cluster): map_batches with one Predictor per actor."""
     _setup_logging(quiet=True)
+    _use_engine(engine)
     from .predict.distributed import predict_ray as run_ray
 
     info = run_ray(run_dir, input_path, output, batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus,
@@ -456,12 +474,14 @@ def serve(
     max_chars: int = typer.Option(10_000, "--max-chars", help="characters per text field (more: 422)"),
     backend: str = typer.Option("torch", "--backend", help="torch | vllm (generative runs on a CUDA GPU)"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="vllm only: allow the model's own code"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads for the model (default: torch's)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch (and ONNX Runtime) threads for the model (default: torch's)"),
+    engine: Optional[str] = ENGINE_OPT,
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
 ):
     """Serve a run over HTTP: /v1/classify, TEI's /predict, vLLM's /classify, SageMaker's /invocations,
     KServe v2 under /v2, plus /v1/task, /healthz, /metrics and a playground at /."""
     _setup_logging(quiet=False)
+    _use_engine(engine)
     logging.getLogger("classifine.serve").setLevel(logging.INFO)
     from .serve.app import ServeSettings
     from .serve.app import serve as run_server

@@ -21,6 +21,7 @@ from .core.task import TaskSpec, as_task
 from .errors import ConfigError, DataError
 from .evaluation.report import evaluate
 from .methods import build_config, check_kind, get_method
+from .predict.engine import choose_engine
 from .predict.predictor import Predictor, batched_proba, read_decision, save_decision
 from .scoring.decision import tune_decision
 
@@ -112,7 +113,7 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
         }
         atomic_write_yaml(run_dir / "config.yaml", record)
         run = Run.load(run_dir, partial_ok=True)
-        predictor = Predictor.load(run)
+        predictor = Predictor.load(run, engine="torch")  # tuned on fp32 PyTorch; the engine is chosen after
         predictor.decision = {}  # decisions are tuned on the model's own probabilities, never on adjusted ones
         if task.kind != "extraction" and val_ex is not None:
             # class_weight none = no imbalance handling at all, so no class offsets either
@@ -122,8 +123,11 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
             if fold is not None:  # head runs: into the classifier layer, so plain transformers answers the same
                 decision = fold(run.model_dir, task, decision)
             save_decision(run.model_dir, decision)
-            predictor = Predictor.load(run) if fold is not None else predictor
+            predictor = Predictor.load(run, engine="torch") if fold is not None else predictor
             predictor.decision = read_decision(run.model_dir)
+        # the inference engine, measured on validation against fp32 PyTorch (predict/engine.py)
+        if choose_engine(run, val_ex, getattr(settings, "engine", "torch")).get("engine", "torch") != "torch":
+            predictor = Predictor.load(run)
         write_manifest(run_dir)  # last of the run's own files: from here on the run checks itself
 
         # --- evaluate on the test data, when there is any ---

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from .accel import MAX_BATCH_ROWS
 from .models import resolve
 
 log = logging.getLogger("classifine")
@@ -126,7 +127,8 @@ def plan_for_encoder(model: str, texts: list[str], config, training: bool, prefi
     tokenizer, path = load_tokenizer(model)
     specials = tokenizer.num_special_tokens_to_add()
     prefixed = len(tokenizer(prefix, add_special_tokens=False).input_ids) if prefix else 0
-    caps = model_caps(path, config.batch_size, training)
+    # batches bounded by tokens (core/accel.py) hold at most MAX_BATCH_ROWS rows
+    caps = model_caps(path, config.batch_size or MAX_BATCH_ROWS, training)
     parts = {"special_tokens": specials, **({"prefix_tokens": prefixed} if prefix else {})}
     return plan_max_length(token_lengths(tokenizer, texts, config.seed), specials + prefixed, config.max_length,
                            config.allow_truncation, caps, floor=8, parts=parts)

@@ -50,6 +50,13 @@ class TrainerSettings(Settings):
     logging_steps: AtLeast1 = 10
 
 
+class InferenceSettings(BaseModel):
+    """How a frozen forward pass runs after training (core/accel.py): ``auto`` measures the engines
+    on validation and keeps the fastest whose answers match fp32 PyTorch (predict/engine.py)."""
+
+    engine: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+
+
 class AdapterSettings(BaseModel):
     """LoRA (peft) and 4-bit NF4 loading (bitsandbytes, CUDA only): QLoRA when both are on."""
 

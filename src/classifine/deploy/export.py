@@ -17,26 +17,17 @@ them). Other methods have nothing to convert: their files load without classifin
 """
 from __future__ import annotations
 
-import json
-import logging
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
-import numpy as np
-
+from ..core.accel import CHECK, EXAMPLE, INPUTS, encode_pt, onnx_missing, outputs
+from ..core.accel import export as onnx_export
 from ..core.runs import Run, atomic_write_json
-from ..errors import ConfigError, ModelError, RunError
+from ..errors import ConfigError, RunError
 from ..predict.predictor import read_decision
 
 FORMATS = ("onnx",)
-INPUTS = ["input_ids", "attention_mask"]
-TOLERANCE = 1e-4
-# texts of different lengths; the check uses other lengths and batch sizes than the example
-EXAMPLE = ["a short text", "a somewhat longer text to give the example batch a second length", "two words"]
-CHECK = ["one", "a longer text than any in the example batch, so the sequence axis must really be dynamic here",
-         "", "numbers 1 2 3 and a few more words", "x"]
 OTHER_METHODS = {
     "tfidf": "tfidf runs load with scikit-learn + numpy from model/ as they are (README.md, 'Load runs without classifine')",
     "embed": "embed runs hold a sentence-transformers folder (model/encoder) and a linear head in safetensors "
@@ -52,15 +43,8 @@ def _check_run(run: Run, fmt: str) -> None:
                                              "(README.md, 'Load runs without classifine')")
         raise ConfigError(f"export --format {fmt} supports head runs (sequence classifiers); {run.dir} is a "
                           f"{run.method} run", [hint])
-    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if not _installed(m)]
-    if missing:
-        raise ConfigError(f"ONNX export needs {', '.join(missing)}", ["pip install 'classifine[export]'"])
-
-
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
+    if onnx_missing():
+        raise ConfigError(f"ONNX export needs {', '.join(onnx_missing())}", ["pip install 'classifine[export]'"])
 
 
 def _out_dir(run: Run, out: str | Path | None) -> Path:
@@ -70,58 +54,17 @@ def _out_dir(run: Run, out: str | Path | None) -> Path:
     return out
 
 
-def _logits_module(net):
-    """The classifier as a module of (input_ids, attention_mask) -> logits, the two inputs every
-    sequence-classification model takes (token_type_ids default to zeros: one text per row)."""
-    import torch
-
-    class Logits(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    return Logits(net).eval()
-
-
-def _encode(tokenizer, texts: list[str]) -> dict:
-    enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    return {k: enc[k] for k in INPUTS}
-
-
 def export_onnx(run: Run, out: Path) -> dict:
-    import onnxruntime as ort
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and progress lines
     net = AutoModelForSequenceClassification.from_pretrained(str(run.model_dir), dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run.model_dir))
-    module = _logits_module(net)
-    example = _encode(tokenizer, EXAMPLE)
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        try:
-            with warnings.catch_warnings():  # axis-renaming and pytree deprecation notes, nothing to act on
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, tuple(example[k] for k in INPUTS), str(tmp / "model.onnx"), dynamo=True,
-                                  input_names=INPUTS, output_names=["logits"], verbose=False,
-                                  dynamic_shapes={k: {0: batch, 1: seq} for k in INPUTS})
-        except Exception as e:  # the exporter's own errors name the operator it could not convert
-            raise ModelError(f"torch.onnx could not export {run.model_dir}", [str(e).splitlines()[0]]) from e
-        check = _encode(tokenizer, CHECK)
-        session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
-        got = session.run(["logits"], {k: check[k].numpy().astype(np.int64) for k in INPUTS})[0]
-        with torch.inference_mode():
-            want = module(**check).numpy()
-        diff = float(np.abs(got - want).max())
-        if not diff <= TOLERANCE:
-            raise ModelError(f"the ONNX model's logits differ from PyTorch's by {diff:.2e} (more than {TOLERANCE})",
-                             ["report this with the run's base model; the run itself is fine"])
+        diff = onnx_export(outputs(net, "logits"), encode_pt(tokenizer, EXAMPLE), tmp / "model.onnx", "logits",
+                           check=encode_pt(tokenizer, CHECK))
         tokenizer.save_pretrained(tmp)
         net.config.save_pretrained(tmp)
         for name in ("decision.json",):

@@ -17,6 +17,7 @@ keeps only the name, as runs made before this folder existed, which still load b
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,93 +28,133 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ..core.accel import Forward, cache_key, onnx_missing, read_choice, requested
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
-from ..core.models import is_decoder, resolve
-from ..core.settings import Settings
+from ..core.models import cache_dir, is_decoder, resolve
+from ..core.settings import InferenceSettings, Settings
 from ..core.task import TaskSpec
 from ..errors import ModelError
 from .linear import fit_head, load_head, make_head
 
+log = logging.getLogger("classifine")
 KINDS = ("single_label", "multi_label", "ordinal")
 REFUSED = {"extraction": "a pooled embedding has no token positions to name entities from: use method sft for extraction"}
 NEEDS_MODEL = True
 TRAINS = True
 
 
-class Config(Settings):
+class Config(Settings, InferenceSettings):
     pooling: Literal["auto", "mean", "last", "cls"] = "auto"
     prefix: str = ""              # e.g. "passage: " for E5-style encoders
     max_length: int | None = Field(default=None, ge=8)   # None: from the training texts (core/budget.py)
     allow_truncation: bool = False
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)   # rows per batch at most; None: bounded by tokens
     normalize: bool = True        # L2-normalise embeddings before the head
     C: float = Field(default=1.0, gt=0)
     save_encoder: bool = True     # model/encoder as a sentence-transformers folder (hard-linked weights)
 
 
-class Encoder:
-    """A frozen transformer that turns texts into one vector each."""
+def _pooled(model, pooling: str, normalize: bool):
+    """The encoder with its pooling as one module of (input_ids, attention_mask) -> vectors: what
+    PyTorch runs and what ONNX exports (right padding, so the last token is at sum(mask) - 1)."""
+    import torch
 
-    def __init__(self, model: str, pooling: str = "auto", max_length: int = 256, batch_size: int = 16,
-                 prefix: str = "", normalize: bool = True):
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model.eval()
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            if pooling == "mean":
+                vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            elif pooling == "last":
+                vec = hidden[torch.arange(hidden.shape[0]), attention_mask.sum(1) - 1]
+            else:
+                vec = hidden[:, 0]
+            return torch.nn.functional.normalize(vec, dim=-1) if normalize else vec
+
+    return Pooled()
+
+
+class Encoder:
+    """A frozen transformer that turns texts into one vector each, run by PyTorch or ONNX Runtime
+    (``engine``; core/accel.py) in token-bounded, length-sorted batches."""
+
+    def __init__(self, model: str, pooling: str = "auto", max_length: int = 256, batch_size: int | None = None,
+                 prefix: str = "", normalize: bool = True, engine: str = "torch"):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve(model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
-        except OSError as e:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as e:
             raise ModelError(f"cannot load model {model!r} from {path}", [str(e)]) from e
         self.decoder = is_decoder(model)
         self.pooling = ("mean" if pooling == "auto" else pooling)
-        self.max_length, self.batch_size, self.prefix, self.normalize = max_length, batch_size, prefix, normalize
-        self.tokenizer.padding_side = "right"  # last-token pooling below assumes right padding
+        self.max_length, self.prefix, self.normalize = max_length, prefix, normalize
+        self.dim = int((config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size)
+        self.tokenizer.padding_side = "right"  # last-token pooling assumes right padding
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
+        def module():
+            try:
+                net = AutoModel.from_pretrained(path, dtype=torch.float32)
+            except OSError as e:
+                raise ModelError(f"cannot load model {model!r} from {path}", [str(e)]) from e
+            return _pooled(net, self.pooling, normalize)
+
+        # one graph per base model and pooling, shared by every run on it (a run's encoder/ folder
+        # hard-links the base model's files, so its weights have the same identity)
+        src = Path(path)
+        key = cache_key(self.pooling, normalize, (src / "config.json").read_text() if (src / "config.json").is_file() else path,
+                        files=_weight_files(src) if src.is_dir() else [])
+        self.forward = Forward(self.tokenizer, max_length, module, engine, cache_dir() / "onnx" / key, prefix)
+        if batch_size:
+            self.forward.max_rows = batch_size
+
     @property
-    def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+    def engine(self) -> str:
+        return self.forward.engine
+
+    @property
+    def model(self):
+        return self.forward.module().model
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        import torch
-        from tqdm.auto import tqdm
-
-        texts = [self.prefix + t for t in texts]
-        # length-sorted batches; results are put back in the caller's order
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        starts = range(0, len(texts), self.batch_size)
-        for s in tqdm(starts, desc="embed", unit="batch", disable=not progress):
-            idx = order[s:s + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            if self.pooling == "mean":
-                vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            elif self.pooling == "last":
-                last = enc["attention_mask"].sum(1) - 1
-                vec = hidden[torch.arange(hidden.shape[0]), last]
-            else:
-                vec = hidden[:, 0]
-            if self.normalize:
-                vec = torch.nn.functional.normalize(vec, dim=-1)
-            out[idx] = vec.float().numpy()
-        return out
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.forward(list(texts), progress=progress, desc="embed")
 
 
 @lru_cache(maxsize=2)
-def _encoder(model: str, pooling: str, max_length: int, batch_size: int, prefix: str, normalize: bool) -> Encoder:
+def _encoder(model: str, pooling: str, max_length: int, batch_size: int | None, prefix: str, normalize: bool,
+             engine: str) -> Encoder:
     # cached: training evaluates right after fitting, and a predictor may be loaded repeatedly
-    return Encoder(model, pooling, max_length, batch_size, prefix, normalize)
+    return Encoder(model, pooling, max_length, batch_size, prefix, normalize, engine)
 
 
-def _encoder_for(model: str, config: Config) -> Encoder:
-    return _encoder(model, config.pooling, config.max_length, config.batch_size, config.prefix, config.normalize)
+def _encoder_for(model: str, config: Config, engine: str = "torch") -> Encoder:
+    return _encoder(model, config.pooling, config.max_length, config.batch_size, config.prefix, config.normalize, engine)
+
+
+def _fit_engine(model: str, config: Config) -> Encoder:
+    """The encoder that embeds the training texts: ONNX Runtime where the settings allow it and the
+    graph exports (it matches PyTorch to 1e-4, checked at export), else PyTorch."""
+    wanted = "onnx" if config.engine == "auto" else config.engine
+    if wanted != "torch" and not onnx_missing():
+        try:
+            return _encoder_for(model, config, wanted)
+        except ModelError as e:
+            if config.engine != "auto":
+                raise
+            log.warning("embedding with PyTorch: %s", e.summary)
+    return _encoder_for(model, config)
 
 
 def prepare(task: TaskSpec, train: Examples, config: Config, model: str) -> tuple[Config, dict]:
@@ -125,7 +166,7 @@ def prepare(task: TaskSpec, train: Examples, config: Config, model: str) -> tupl
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     model_dir = run_dir / "model"
-    encoder = _encoder_for(model, config)
+    encoder = _fit_engine(model, config)
     X = encoder.encode(train.texts, progress=progress)
     X_val = encoder.encode(validation.texts, progress=progress) if validation is not None else None
     head = make_head(task.kind, config.C, config.class_weight)
@@ -136,7 +177,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     (model_dir / "encoder.json").write_text(json.dumps(meta, indent=1))
     if saved:
         _encoder.cache_clear()  # prediction loads the run's own folder: don't hold the base model twice
-    return {"embedding_dim": encoder.dim, "pooling": encoder.pooling, "decoder": encoder.decoder,
+    return {"embedding_dim": encoder.dim, "pooling": encoder.pooling, "decoder": encoder.decoder, "fit_engine": encoder.engine,
             **({"encoder_weights": saved} if saved else {})}
 
 
@@ -206,17 +247,26 @@ def save_sentence_transformer(encoder: Encoder, model: str, dest: Path) -> str:
 
 
 class Scorer:
+    ENGINES = ("torch", "onnx")  # onnx-int8 on request: the auto choice keeps training's fp32 features
+
     def __init__(self, encoder: Encoder, head):
         self.encoder, self.head = encoder, head
 
+    @property
+    def engine(self) -> str:
+        return self.encoder.engine
+
     @classmethod
-    def load(cls, model_dir: Path) -> "Scorer":
+    def load(cls, model_dir: Path, engine: str | None = None, build: bool = False) -> "Scorer":
+        """``engine``: the run's choice (model/inference.json) unless overridden; graphs of the
+        encoder live in the cache (``build`` changes nothing here)."""
+        engine = requested(engine) or read_choice(model_dir)["engine"]
         meta = json.loads((model_dir / "encoder.json").read_text())
         model = meta.pop("model")
         folder = meta.pop("sentence_transformers", None)  # runs made before it name the base model only
         if folder and (model_dir / folder / "modules.json").is_file():
             model = str(model_dir / folder)
-        return cls(_encoder_for(model, Config.model_validate(meta)), load_head(model_dir))
+        return cls(_encoder_for(model, Config.model_validate(meta), engine), load_head(model_dir))
 
     def truncation(self, texts: list[str]) -> dict:
         """What max_length cuts from these texts (the report's truncation section)."""

@@ -19,10 +19,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ..core.accel import ENGINES, ONNX_FILES, Forward, cache_key, outputs, read_choice, requested
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
+from ..core.models import cache_dir
 from ..core.runs import atomic_write_json
-from ..core.settings import (AdapterSettings, NonNegative, Positive, TrainerSettings, load_for_training,
+from ..core.settings import (AdapterSettings, InferenceSettings, NonNegative, Positive, TrainerSettings, load_for_training,
                              quiet_trainer, resume_checkpoint, trainer_callbacks, training_arguments)
 from ..core.task import TaskSpec
 from ..errors import RunError
@@ -36,7 +38,7 @@ TRAINS = True
 META = "classifine_head.json"
 
 
-class Config(TrainerSettings, AdapterSettings):
+class Config(TrainerSettings, AdapterSettings, InferenceSettings):
     epochs: Positive = 3.0
     learning_rate: Positive | None = None                     # None: 5e-5 full, 2e-4 LoRA
     max_length: int | None = Field(default=None, ge=8)
@@ -276,7 +278,7 @@ def fold_decision(model_dir: Path, task: TaskSpec, decision: dict) -> dict:
     if meta.get("folded") is not None:
         raise RunError(f"{model_dir} already has its decisions folded into the classifier layer",
                        ["decisions are tuned on raw weights: train again (--overwrite), or --resume, which rewrites them"])
-    scorer = Scorer.load(model_dir)
+    scorer = Scorer.load(model_dir, engine="torch")
     net, n_out = scorer.net, int(scorer.net.config.num_labels)
     name, layer = _output_layer(net, n_out)
     if layer is None:
@@ -317,20 +319,45 @@ def fold_decision(model_dir: Path, task: TaskSpec, decision: dict) -> dict:
 
 
 class Scorer:
-    def __init__(self, tokenizer, net, meta: dict, batch_size: int = 16):
-        self.tokenizer, self.net, self.meta, self.batch_size = tokenizer, net, meta, batch_size
+    """Logits of the saved classifier through ``core/accel.Forward``: PyTorch, or the run's ONNX
+    graph (``engine``: the run's choice in model/inference.json unless overridden)."""
+
+    ENGINES = ENGINES
+
+    def __init__(self, tokenizer, forward: Forward, meta: dict, n_out: int):
+        self.tokenizer, self.forward, self.meta, self.n_out = tokenizer, forward, meta, n_out
+
+    @property
+    def engine(self) -> str:
+        return self.forward.engine
+
+    @property
+    def net(self):
+        """The PyTorch model (loaded on first use when another engine runs the forward pass)."""
+        return self.forward.module().model
 
     @classmethod
-    def load(cls, model_dir: Path) -> "Scorer":
+    def load(cls, model_dir: Path, engine: str | None = None, build: bool = False) -> "Scorer":
+        """``build``: export a missing graph into the run (training); otherwise a run without one
+        exports into the cache, keyed by its weights, and leaves the run as it was."""
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+        model_dir = Path(model_dir)
+        engine = requested(engine) or read_choice(model_dir)["engine"]
         meta = json.loads((model_dir / META).read_text())
-        net = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         # model_max_length is the run's max_length: truncation() measures texts past it on purpose
         tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
-        return cls(tokenizer, net, meta)
+
+        def module():
+            return outputs(AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32), "logits")
+
+        folder = model_dir / "onnx"
+        if not build and not (folder / ONNX_FILES.get(engine, "")).is_file():  # never write into a finished run
+            folder = cache_dir() / "onnx" / cache_key(model_dir.resolve(), files=list(model_dir.glob("*.safetensors")))
+        n_out = int(AutoConfig.from_pretrained(str(model_dir)).num_labels)
+        return cls(tokenizer, Forward(tokenizer, meta["max_length"], module, engine, folder), meta, n_out)
 
     def truncation(self, texts: list[str]) -> dict:
         """What max_length cuts from these texts (the report's truncation section)."""
@@ -338,15 +365,5 @@ class Scorer:
         return {"max_length": self.meta["max_length"], **truncation(token_lengths(self.tokenizer, texts), budget)}
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        n_out = int(self.net.config.num_labels)
-        logits = np.zeros((len(texts), n_out), dtype=np.float64)
-        for s in range(0, len(texts), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.meta["max_length"], return_tensors="pt")
-            with torch.inference_mode():
-                logits[idx] = self.net(**enc).logits.float().numpy()
-        return _probabilities(self.meta["kind"], logits, len(self.meta["labels"]), self.meta["sigma"])
+        logits = self.forward(list(texts)) if texts else np.zeros((0, self.n_out))
+        return _probabilities(self.meta["kind"], logits.astype(np.float64), len(self.meta["labels"]), self.meta["sigma"])

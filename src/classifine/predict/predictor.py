@@ -13,8 +13,10 @@ from typing import Iterable
 
 import numpy as np
 
+from ..core.accel import check_engine
 from ..core.data import records_to_texts
 from ..core.runs import Run, atomic_write_json
+from ..errors import ConfigError
 from ..methods import get_method
 from ..scoring.decision import adjust, decide
 
@@ -27,10 +29,21 @@ class Predictor:
         self.run, self.task, self.scorer, self.decision = run, run.task, scorer, decision
 
     @classmethod
-    def load(cls, run_dir: str | Path | Run, scorer=None) -> "Predictor":
-        """The run's own scorer (its method's ``Scorer``), or ``scorer(run)`` when given (vLLM)."""
+    def load(cls, run_dir: str | Path | Run, scorer=None, engine: str | None = None, build: bool = False) -> "Predictor":
+        """The run's own scorer (its method's ``Scorer``), or ``scorer(run)`` when given (vLLM).
+        ``engine`` overrides the inference engine the run chose (methods whose Scorer has
+        ``ENGINES``; core/accel.py); ``build`` lets it write a missing graph into the run."""
         run = run_dir if isinstance(run_dir, Run) else Run.load(run_dir)
-        scorer = scorer(run) if scorer is not None else get_method(run.method).Scorer.load(run.model_dir)
+        Scorer = get_method(run.method).Scorer
+        if scorer is not None:
+            scorer = scorer(run)
+        elif hasattr(Scorer, "ENGINES"):
+            scorer = Scorer.load(run.model_dir, engine=engine, build=build)
+        else:
+            if engine not in (None, "auto", "torch"):
+                check_engine(engine)
+                raise ConfigError(f"{run.method} runs have one inference engine", [f"drop --engine {engine}"])
+            scorer = Scorer.load(run.model_dir)
         return cls(run, scorer, read_decision(run.model_dir))
 
     @property

@@ -1,0 +1,115 @@
+"""Which inference engine a run uses, chosen after training on measured evidence.
+
+Every engine a method's ``Scorer`` offers (``Scorer.ENGINES``: torch, onnx, onnx-int8) predicts
+the run's validation rows; an engine is *accepted* when its labels agree with fp32 PyTorch on at
+least 99.5% of them and its macro-F1 (the kind's ranking metric) is within 0.5 points, and the
+fastest accepted engine is kept if it beats PyTorch by at least 10%. The measurements, accepted or
+not, go into ``model/inference.json`` (``core/accel.py``), so a user can see why a run uses what
+it uses; ``engine: torch`` in the method settings, ``--engine`` or ``CLASSIFINE_ENGINE`` overrule it.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+
+import numpy as np
+
+from ..core.accel import ONNX_FILES, check_engine, onnx_missing, save_choice
+from ..core.data import Examples
+from ..core.runs import Run
+from ..errors import ClassifineError
+from ..methods import get_method
+from ..scoring.decision import decide
+from ..scoring.kinds import KINDS, compute_metrics
+from .predictor import Predictor
+
+log = logging.getLogger("classifine")
+SAMPLE = 400        # validation rows predicted by every engine
+AGREEMENT = 0.995   # share of labels an engine must give as fp32 PyTorch does
+POINTS = 0.5        # largest change of macro-F1 (the ranking metric), in points
+GAIN = 1.1          # speed-up an engine must bring to be worth a second code path
+
+
+def _answers(predictor: Predictor, probs: np.ndarray) -> list:
+    return decide(predictor.task.kind, predictor.labels, probs, predictor.decision)
+
+
+def _same(a, b) -> bool:
+    return sorted(a) == sorted(b) if isinstance(a, list) else a == b
+
+
+def _rate(predictor: Predictor, texts: list[str]) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    probs = predictor.predict_proba(texts)
+    return probs, len(texts) / max(time.perf_counter() - t, 1e-9)
+
+
+def choose_engine(run: Run, validation: Examples | None, wanted: str = "auto") -> dict:
+    """Measure the run's engines on (a sample of) ``validation``, record the choice, return it."""
+    engines = getattr(get_method(run.method).Scorer, "ENGINES", None)
+    if not engines:
+        return {}
+    wanted = check_engine(wanted)
+    # graphs of an earlier attempt (a resumed run) hold the weights of before: never reuse them
+    shutil.rmtree(run.model_dir / "onnx", ignore_errors=True)
+    if wanted == "torch" or validation is None or not len(validation):
+        choice = {"engine": "torch", "reason": "engine: torch in the settings" if wanted == "torch" else "no validation rows to check another engine on"}
+        save_choice(run.model_dir, choice)
+        return choice
+    candidates = [e for e in engines if e != "torch" and wanted in ("auto", e)]
+    skipped = {}
+    if onnx_missing():
+        skipped = {e: f"needs {', '.join(onnx_missing())} (pip install 'classifine[export]')" for e in candidates}
+        candidates = []
+    texts, gold = validation.texts[:SAMPLE], validation.labels[:SAMPLE]
+    metric = KINDS[run.task.kind].ranking
+    predictors = {"torch": Predictor.load(run, engine="torch")}
+    for engine in candidates:
+        try:
+            predictors[engine] = Predictor.load(run, engine=engine, build=True)
+        except ClassifineError as e:  # an architecture the exporter cannot convert: stay on torch
+            skipped[engine] = e.summary
+            log.warning("engine %s is not available for this run: %s", engine, e.summary)
+    measured, labels = {}, {}
+    for engine, p in predictors.items():
+        probs, rate = _rate(p, texts)
+        labels[engine] = _answers(p, probs)
+        measured[engine] = {"docs_per_second": rate, metric: compute_metrics(run.task, gold, labels[engine], probs).get(metric)}
+    # a second, shorter timing round in the same order: the better of the two rates counts
+    for engine, p in predictors.items():
+        measured[engine]["docs_per_second"] = round(max(measured[engine]["docs_per_second"], _rate(p, texts[:SAMPLE // 4])[1]), 2)
+    base = measured["torch"]
+    for engine, m in measured.items():
+        m["label_agreement"] = round(float(np.mean([_same(a, b) for a, b in zip(labels[engine], labels["torch"])])), 4)
+        m["metric_change_points"] = round(100 * ((m[metric] or 0) - (base[metric] or 0)), 3)
+        m["speedup"] = round(m["docs_per_second"] / base["docs_per_second"], 3)
+        m["within_tolerance"] = m["label_agreement"] >= AGREEMENT and abs(m["metric_change_points"]) <= POINTS
+    if wanted != "auto":  # the user's engine is used even outside tolerance; the record says so
+        chosen = wanted if wanted in measured else "torch"
+        reason = f"engine: {wanted} in the settings"
+    else:
+        fast = [e for e, m in measured.items() if e != "torch" and m["within_tolerance"] and m["speedup"] >= GAIN]
+        chosen = max(fast, key=lambda e: measured[e]["docs_per_second"]) if fast else "torch"
+        reason = ("fastest engine within tolerance" if fast else "no other engine was both within tolerance and "
+                  f"{GAIN}x faster")
+    choice = {"engine": chosen, "reason": reason, "validation_rows": len(texts), "metric": metric,
+              "tolerance": {"label_agreement": AGREEMENT, "metric_points": POINTS, "min_speedup": GAIN},
+              "measured": measured, "skipped": skipped}
+    _drop_unused(run, chosen)
+    save_choice(run.model_dir, choice)
+    log.info("inference engine: %s (%s)", chosen, reason)
+    return choice
+
+
+def _drop_unused(run: Run, chosen: str) -> None:
+    """Keep only the chosen engine's files in the run (an fp32 graph of a 270M model is 1 GB)."""
+    folder = run.model_dir / "onnx"
+    if not folder.is_dir():
+        return
+    keep = {ONNX_FILES[chosen], ONNX_FILES[chosen] + ".data"} if chosen in ONNX_FILES else set()
+    for f in folder.iterdir():
+        if f.name not in keep:
+            f.unlink() if f.is_file() else shutil.rmtree(f)
+    if not any(folder.iterdir()):
+        folder.rmdir()

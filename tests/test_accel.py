@@ -1,0 +1,150 @@
+"""The faster inference paths (core/accel.py, predict/engine.py): token-bounded batches, ONNX
+Runtime engines that give the fp32 PyTorch answers, and the per-run choice with its record."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import classifine
+from classifine.core.accel import ENGINE_ENV, read_choice, token_batches
+from classifine.errors import ConfigError
+from classifine.predict.predictor import Predictor
+
+from toy import rows
+
+FAST_HEAD = {"epochs": 1, "batch_size": 16, "learning_rate": 5e-3, "logging_steps": 5}
+needs_onnx = pytest.mark.skipif(bool(__import__("classifine.core.accel", fromlist=["onnx_missing"]).onnx_missing()),
+                                reason="the export extra (onnx, onnxruntime, onnxscript) is not installed")
+
+
+def test_token_batches_bound_padded_tokens_and_cover_every_row_once():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=500)
+    lengths[7] = 5000  # longer than the budget: it goes alone
+    batches = token_batches(lengths, max_tokens=1024, max_rows=32)
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(500))
+    for b in batches:
+        assert len(b) <= 32
+        assert len(b) == 1 or lengths[b].max() * len(b) <= 1024
+    assert [7] in [b.tolist() for b in batches]
+    # longest first, so every batch's rows are no longer than the previous batch's shortest
+    for a, b in zip(batches, batches[1:]):
+        assert lengths[a].min() >= lengths[b].max()
+
+
+def test_token_batches_of_nothing_and_of_empty_texts():
+    assert token_batches([]) == []
+    assert [b.tolist() for b in token_batches([0, 0, 0], max_tokens=2, max_rows=8)] == [[0, 1], [2]]
+
+
+@pytest.fixture(scope="module")
+def head_run(toy_tasks, bert_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("accel") / "head"
+    return classifine.train(toy_tasks["single_label"], method="head", model=bert_path, out=out, config=FAST_HEAD, progress=False)
+
+
+@needs_onnx
+def test_run_records_the_engine_choice_with_measurements(head_run):
+    choice = read_choice(head_run.model_dir)
+    assert choice["engine"] in ("torch", "onnx", "onnx-int8")
+    m = choice["measured"]
+    assert {"torch", "onnx", "onnx-int8"} <= set(m)
+    assert m["onnx"]["label_agreement"] == 1.0 and m["onnx"]["within_tolerance"]
+    for engine in m.values():
+        assert engine["docs_per_second"] > 0
+    if choice["engine"] != "torch":  # only an engine inside the tolerance and faster is ever chosen
+        assert m[choice["engine"]]["within_tolerance"] and m[choice["engine"]]["speedup"] >= choice["tolerance"]["min_speedup"]
+        files = {p.name for p in (head_run.model_dir / "onnx").iterdir()}
+        assert files and all(f.startswith("model-int8" if choice["engine"] == "onnx-int8" else "model.") for f in files)
+    else:
+        assert not (head_run.model_dir / "onnx").exists()  # unused graphs are not kept
+    classifine.load(head_run.dir)  # and the run still verifies against its manifest
+
+
+@needs_onnx
+@pytest.mark.parametrize("engine", ["onnx", "onnx-int8"])
+def test_onnx_engines_answer_like_fp32_torch(head_run, engine, monkeypatch):
+    texts = [r["title"] + " " + r["body"] for r in rows("single_label", 40, seed=5)] + ["x", "a " * 400]
+    ref = Predictor.load(head_run, engine="torch").predict_proba(texts)
+    got = Predictor.load(head_run, engine=engine).predict_proba(texts)
+    if engine == "onnx":
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    else:  # int8 weights move probabilities a little; the choice measures how much on validation
+        assert np.abs(got - ref).max() < 0.2
+    monkeypatch.setenv(ENGINE_ENV, engine)  # the machine-wide override picks the same engine
+    assert Predictor.load(head_run).scorer.engine == engine
+    classifine.load(head_run.dir)  # a graph the run lacks goes to the cache: the run is left as trained
+
+
+def test_engine_torch_in_settings_is_recorded_and_used(toy_tasks, bert_path, tmp_path):
+    run = classifine.train(toy_tasks["single_label"], method="head", model=bert_path, out=tmp_path / "r",
+                           config={**FAST_HEAD, "engine": "torch"}, progress=False)
+    assert read_choice(run.model_dir)["engine"] == "torch"
+    assert Predictor.load(run).scorer.engine == "torch"
+
+
+def test_unknown_engine_is_refused(head_run, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown inference engine"):
+        Predictor.load(head_run, engine="tensorrt")
+    monkeypatch.setenv(ENGINE_ENV, "fast")
+    with pytest.raises(ConfigError, match="unknown inference engine"):
+        Predictor.load(head_run)
+
+
+@needs_onnx
+def test_an_engine_outside_tolerance_is_not_chosen(head_run, monkeypatch, tmp_path):
+    """A faster engine whose labels differ must lose to torch: the choice reads agreement first."""
+    import shutil
+
+    import classifine.predict.engine as engine_mod
+
+    shutil.copytree(head_run.dir, tmp_path / "run")  # choosing again rewrites the run: not the shared one
+    head_run = classifine.core.runs.Run.load(tmp_path / "run")
+
+    real = engine_mod._rate
+    calls = {"n": 0}
+
+    def skewed(predictor, texts):
+        probs, rate = real(predictor, texts)
+        if predictor.scorer.engine != "torch":  # 10x faster, but every label rotated
+            return np.roll(probs, 1, axis=1), rate * 10
+        calls["n"] += 1
+        return probs, rate
+
+    monkeypatch.setattr(engine_mod, "_rate", skewed)
+    val = classifine.core.data.load_examples(head_run.task, head_run.task.data_path("test"))
+    choice = engine_mod.choose_engine(head_run, val)
+    assert calls["n"] >= 1
+    assert choice["engine"] == "torch"
+    assert not choice["measured"]["onnx"]["within_tolerance"]
+    assert json.loads((head_run.model_dir / "inference.json").read_text())["engine"] == "torch"
+
+
+@needs_onnx
+def test_embed_onnx_engine_gives_the_same_features(toy_tasks, bert_path, tmp_path):
+    run = classifine.train(toy_tasks["single_label"], method="embed", model=bert_path, out=tmp_path / "e", progress=False)
+    texts = [r["body"] for r in rows("single_label", 30, seed=9)]
+    ref = Predictor.load(run, engine="torch").predict_proba(texts)
+    got = Predictor.load(run, engine="onnx").predict_proba(texts)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_cli_engine_option(head_run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from classifine.cli import app
+
+    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    data = tmp_path / "in.csv"
+    data.write_text("title,body\nmatch goal,striker league coach\n")
+    r = CliRunner().invoke(app, ["predict", str(head_run.dir), "-i", str(data), "-o", str(tmp_path / "p.jsonl"),
+                                 "--engine", "torch", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["label"] in head_run.task.label_names
+    r = CliRunner().invoke(app, ["predict", str(head_run.dir), "-i", str(data), "-o", str(tmp_path / "q.jsonl"),
+                                 "--engine", "tensorrt"])
+    assert r.exit_code != 0 and "unknown inference engine" in r.output and "Traceback" not in r.output
+    monkeypatch.delenv(ENGINE_ENV, raising=False)

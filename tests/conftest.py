@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; a download attempt fails fast
+# graphs the tests export stay out of the user's cache (one folder per test session)
+os.environ.setdefault("CLASSIFINE_ONNX_CACHE", tempfile.mkdtemp(prefix="classifine-onnx-"))
 
 from toy import tiny_bert, tiny_gemma, write_task  # noqa: E402
 

@@ -42,8 +42,20 @@ def test_token_batches_of_nothing_and_of_empty_texts():
 
 @pytest.fixture(scope="module")
 def head_run(toy_tasks, bert_path, tmp_path_factory):
+    import classifine.predict.engine as engine_mod
+
     out = tmp_path_factory.mktemp("accel") / "head"
-    return classifine.train(toy_tasks["single_label"], method="head", model=bert_path, out=out, config=FAST_HEAD, progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_mod, "MIN_ROWS", 1)  # the toy validation set is small; measure the engines anyway
+        return classifine.train(toy_tasks["single_label"], method="head", model=bert_path, out=out, config=FAST_HEAD,
+                                progress=False)
+
+
+def test_too_few_validation_rows_keep_torch_without_measuring(toy_tasks, bert_path, tmp_path):
+    run = classifine.train(toy_tasks["single_label"], method="head", model=bert_path, out=tmp_path / "r",
+                           config=FAST_HEAD, progress=False)
+    choice = read_choice(run.model_dir)
+    assert choice["engine"] == "torch" and "too few" in choice["reason"] and "measured" not in choice
 
 
 @needs_onnx
@@ -115,6 +127,7 @@ def test_an_engine_outside_tolerance_is_not_chosen(head_run, monkeypatch, tmp_pa
         return probs, rate
 
     monkeypatch.setattr(engine_mod, "_rate", skewed)
+    monkeypatch.setattr(engine_mod, "MIN_ROWS", 1)
     val = classifine.core.data.load_examples(head_run.task, head_run.task.data_path("test"))
     choice = engine_mod.choose_engine(head_run, val)
     assert calls["n"] >= 1

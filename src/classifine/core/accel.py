@@ -35,6 +35,7 @@ from .runs import atomic_write_json
 log = logging.getLogger("classifine")
 ENGINES = ("torch", "onnx", "onnx-int8")
 ENGINE_ENV = "CLASSIFINE_ENGINE"
+ONNX_CACHE_ENV = "CLASSIFINE_ONNX_CACHE"  # default: <CLASSIFINE_CACHE>/onnx
 INFERENCE = "inference.json"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}  # plus "<file>.data" for external weights
 TOLERANCE = 1e-4        # largest |ONNX - PyTorch| accepted on an export's check inputs
@@ -45,6 +46,7 @@ CHECK = ["one", "a longer text than any in the example batch, so the sequence ax
          "", "numbers 1 2 3 and a few more words", "x"]
 MAX_BATCH_TOKENS = 4096  # padded tokens per batch; measured: larger batches gain nothing on 2 cores
 MAX_BATCH_ROWS = 128
+GRAPH_VERSION = 2        # part of every cache key: bump when export or quantisation changes (2: per-channel int8)
 
 
 def token_batches(lengths, max_tokens: int = MAX_BATCH_TOKENS, max_rows: int = MAX_BATCH_ROWS) -> list[np.ndarray]:
@@ -142,7 +144,8 @@ def quantize(src: Path, dst: Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(src), str(tmp / dst.name), weight_type=QuantType.QInt8,
+            # per channel: the same speed as per tensor, and on MiniLM 99.3% labels kept against 98.2%
+            quantize_dynamic(str(src), str(tmp / dst.name), weight_type=QuantType.QInt8, per_channel=True,
                              use_external_data_format=src.with_name(src.name + ".data").exists())
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == dst.name):  # the graph last: complete when present
             os.replace(f, dst.parent / f.name)
@@ -262,10 +265,17 @@ class Forward:
         return out
 
 
+def onnx_cache(key: str) -> Path:
+    """Where graphs of models outside a run (an embed encoder; a run without its own graph) live."""
+    from .models import cache_dir
+
+    return Path(os.environ.get(ONNX_CACHE_ENV) or cache_dir() / "onnx") / key
+
+
 def cache_key(*parts, files: list[Path] = ()) -> str:
     """A key for an exported graph of a model that lives outside the run (the embed encoder): the
     settings that change the graph and the identity (size, mtime) of the model's weight files."""
-    h = hashlib.sha256(json.dumps([str(p) for p in parts]).encode())
+    h = hashlib.sha256(json.dumps([GRAPH_VERSION, *(str(p) for p in parts)]).encode())
     for f in sorted(files):
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())

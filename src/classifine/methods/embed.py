@@ -28,10 +28,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..core.accel import Forward, cache_key, onnx_missing, read_choice, requested
+from ..core.accel import Forward, cache_key, onnx_cache, onnx_missing, read_choice, requested
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
-from ..core.models import cache_dir, is_decoder, resolve
+from ..core.models import is_decoder, resolve
 from ..core.settings import InferenceSettings, Settings
 from ..core.task import TaskSpec
 from ..errors import ModelError
@@ -114,7 +114,7 @@ class Encoder:
         src = Path(path)
         key = cache_key(self.pooling, normalize, (src / "config.json").read_text() if (src / "config.json").is_file() else path,
                         files=_weight_files(src) if src.is_dir() else [])
-        self.forward = Forward(self.tokenizer, max_length, module, engine, cache_dir() / "onnx" / key, prefix)
+        self.forward = Forward(self.tokenizer, max_length, module, engine, onnx_cache(key), prefix)
         if batch_size:
             self.forward.max_rows = batch_size
 

@@ -19,10 +19,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..core.accel import ENGINES, ONNX_FILES, Forward, cache_key, outputs, read_choice, requested
+from ..core.accel import ENGINES, ONNX_FILES, Forward, cache_key, onnx_cache, outputs, read_choice, requested
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
-from ..core.models import cache_dir
 from ..core.runs import atomic_write_json
 from ..core.settings import (AdapterSettings, InferenceSettings, NonNegative, Positive, TrainerSettings, load_for_training,
                              quiet_trainer, resume_checkpoint, trainer_callbacks, training_arguments)
@@ -355,7 +354,7 @@ class Scorer:
 
         folder = model_dir / "onnx"
         if not build and not (folder / ONNX_FILES.get(engine, "")).is_file():  # never write into a finished run
-            folder = cache_dir() / "onnx" / cache_key(model_dir.resolve(), files=list(model_dir.glob("*.safetensors")))
+            folder = onnx_cache(cache_key(model_dir.resolve(), files=list(model_dir.glob("*.safetensors"))))
         n_out = int(AutoConfig.from_pretrained(str(model_dir)).num_labels)
         return cls(tokenizer, Forward(tokenizer, meta["max_length"], module, engine, folder), meta, n_out)
 

@@ -26,6 +26,7 @@ from .predictor import Predictor
 
 log = logging.getLogger("classifine")
 SAMPLE = 400        # validation rows predicted by every engine
+MIN_ROWS = 200      # fewer cannot show 99.5% agreement with one row to spare; auto then stays on torch
 AGREEMENT = 0.995   # share of labels an engine must give as fp32 PyTorch does
 POINTS = 0.5        # largest change of macro-F1 (the ranking metric), in points
 GAIN = 1.1          # speed-up an engine must bring to be worth a second code path
@@ -53,8 +54,10 @@ def choose_engine(run: Run, validation: Examples | None, wanted: str = "auto") -
     wanted = check_engine(wanted)
     # graphs of an earlier attempt (a resumed run) hold the weights of before: never reuse them
     shutil.rmtree(run.model_dir / "onnx", ignore_errors=True)
-    if wanted == "torch" or validation is None or not len(validation):
-        choice = {"engine": "torch", "reason": "engine: torch in the settings" if wanted == "torch" else "no validation rows to check another engine on"}
+    rows = len(validation) if validation is not None else 0
+    if wanted == "torch" or rows == 0 or (wanted == "auto" and rows < MIN_ROWS):
+        choice = {"engine": "torch", "reason": "engine: torch in the settings" if wanted == "torch" else
+                  f"{rows} validation rows are too few to show another engine within tolerance (auto needs {MIN_ROWS})"}
         save_choice(run.model_dir, choice)
         return choice
     candidates = [e for e in engines if e != "torch" and wanted in ("auto", e)]

@@ -12,6 +12,7 @@ import pytest
 
 import classifine
 from classifine.core import models
+from classifine.core.runs import Run
 
 from conftest import ROOT, SHARED
 
@@ -55,6 +56,9 @@ def test_embed_gemma_on_the_bilingual_example(tmp_path):
                      train=_subset(tmp_path, "train", 12), test=_subset(tmp_path, "test", 6), progress=False)
     m = _metrics(out)
     assert m["n"] == 36 and m["macro_f1"] > 0.4  # chance is 1/6
+    # the training texts went through ONNX Runtime; both engines give the same probabilities
+    assert Run.load(out).config["info"]["fit_engine"] == "onnx"
+    _engines_agree(out, ["onnx"])
 
 
 @gemma
@@ -85,6 +89,26 @@ def test_head_minilm_full_fine_tune(tmp_path):
                      train=_subset(tmp_path, "train", 20, "en"), test=_subset(tmp_path, "test", 10, "en"),
                      config={"epochs": 6, "learning_rate": 1e-4, "batch_size": 8, "max_length": 96}, progress=False)
     assert _metrics(out)["macro_f1"] > 0.35  # chance is 1/6
+    _engines_agree(out, ["onnx", "onnx-int8"])
+
+
+def _engines_agree(run_dir: Path, engines: list[str]) -> None:
+    """The faster engines against fp32 PyTorch on the example's own texts (core/accel.py)."""
+    import numpy as np
+
+    from classifine.core.data import load_examples
+    from classifine.predict.predictor import Predictor
+
+    run = Run.load(run_dir)
+    texts = load_examples(run.task, EXAMPLE / "test.csv").texts[:40]
+    ref = Predictor.load(run, engine="torch").predict_proba(texts)
+    for engine in engines:
+        got = Predictor.load(run, engine=engine).predict_proba(texts)
+        if engine == "onnx":
+            np.testing.assert_allclose(got, ref, atol=1e-4)
+        else:  # int8 weights: close, and the same label on nearly every text
+            assert np.abs(got - ref).max() < 0.3 and (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    Run.load(run_dir)  # graphs for engines the run did not choose never land in the run
 
 
 def test_smollm2_converts_and_embeds(tmp_path):

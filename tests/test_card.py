@@ -411,3 +411,27 @@ def test_push_uploads_exactly_the_listed_files(runs, tmp_path, online):
     picked = list(filter_repo_objects(every, allow_patterns=args["allow_patterns"], ignore_patterns=args["ignore_patterns"]))
     assert picked == upload_files(run)
     assert 'snapshot_download("me/toy")' in readme and "me/toy" in r.output
+
+
+@pytest.mark.parametrize("kind", ["multi_label", "ordinal"])
+def test_folded_head_usage_without_classifine_prints_classifine_answer(kind, toy_tasks, bert_path, tmp_path, monkeypatch):
+    """Thresholds other than 0.5 and the ordinal level rule live in the saved classifier layer
+    (methods/head.py fold_decision): the card's plain usage must not apply them a second time."""
+    from test_portable import FAST_HEAD, FORCED, forced
+
+    forced(monkeypatch, FORCED[kind])
+    run = classifine.train(toy_tasks[kind], method="head", model=bert_path, out=tmp_path / "run", config=FAST_HEAD,
+                           progress=False)
+    assert json.loads((run.model_dir / "decision.json").read_text())["folded"]
+    code = python_block(section(split(write_card(run.dir).read_text(encoding="utf-8"))[1], "Usage"))
+    assert "import classifine" not in code and "from classifine" not in code
+    if kind == "multi_label":  # every label on at 0.5: the tuned 0.3/0.62/0.8 are in the bias already
+        assert set(json.loads(re.search(r"thresholds = (\{.*?\})", code).group(1)).values()) == {0.5}
+    else:  # a classifier over the levels, not the regression score rounded
+        assert "function_to_apply" not in code and "round(" not in code
+    expected = code.rstrip().rsplit("# ", 1)[1]
+    script = tmp_path / "plain.py"
+    script.write_text(code, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected

@@ -93,6 +93,10 @@ def _decision(run: Run) -> dict:
 
 def _head_usage(run: Run, row: dict, imports: list[str], folder: str) -> str:
     kind, decision = run.task.kind, _decision(run)
+    folded = set(decision.get("folded") or ())  # applied by the saved classifier layer itself (methods/head.py)
+    config = run.model_dir / "config.json"
+    # an ordinal head with its level rule folded is a classifier over the levels, not a regression
+    levels_folded = config.is_file() and len(json.loads(config.read_text()).get("id2label") or {}) > 1
     limit = (run.config.get("config") or {}).get("max_length")
     trunc = f", truncation=True, max_length={limit}" if limit else ", truncation=True"
     said = f"  # {expected_answer(run, row)}"
@@ -101,17 +105,19 @@ def _head_usage(run: Run, row: dict, imports: list[str], folder: str) -> str:
                        f"# the task's fields ({', '.join(run.task.text)}) joined by a newline, as in training",
                        f"text = {_literal(row['text'])}"]
     if kind == "multi_label":
-        thresholds = {lab: decision.get("thresholds", {}).get(lab, 0.5) for lab in run.task.label_names}
+        # folded thresholds live in the classifier's bias: every label is then on at 0.5
+        tuned = {} if "thresholds" in folded else decision.get("thresholds", {})
+        thresholds = {lab: tuned.get(lab, 0.5) for lab in run.task.label_names}
         top_k = f"[:{decision['top_k']}]" if decision.get("top_k") else ""
         lines += [f"thresholds = {json.dumps(thresholds, ensure_ascii=False)}  # tuned on validation (model/decision.json)",
                   f"scores = classifier(text, top_k=None{trunc})",
                   f'print([s["label"] for s in scores if s["score"] >= thresholds[s["label"]]]{top_k}){said}']
-    elif kind == "ordinal":
+    elif kind == "ordinal" and not levels_folded:
         lines += [f"levels = {json.dumps(run.task.label_names, ensure_ascii=False)}",
                   f'score = classifier(text, function_to_apply="none"{trunc})[0]["score"]  # regression on the level index',
                   f"print(levels[min(max(round(score), 0), len(levels) - 1)]){said}"]
     else:
-        if decision.get("offsets"):
+        if decision.get("offsets") and "offsets" not in folded:
             lines.append("# classifine adds the class offsets of model/decision.json before the argmax: "
                          "close calls can differ")
         lines.append(f'print(classifier(text{trunc})[0]["label"]){said}')

@@ -102,11 +102,26 @@ def test_label_scores_are_those_of_the_prompts_the_model_is_trained_on(lm, kind)
     for i, text in enumerate(texts):
         if kind == "single_label":
             want = naive_scores(model, [fmt.prompt_ids(t, text)], [fmt.ids(fmt.answer(t, lab)) for lab in t.label_names])[0]
+            want = want - want[0] + got[i][0]  # equal up to the answers' common start (a constant per text)
         else:
             yes, no = fmt.ids("yes" + fmt.end_text), fmt.ids("no" + fmt.end_text)
             want = np.array([np.subtract(*naive_scores(model, [fmt.prompt_ids(t, text, lab)], [yes, no])[0])
                              for lab in t.label_names])
         assert np.allclose(got[i], want, atol=2e-4)
+
+
+def test_json_answers_score_their_common_start_once(lm):
+    """`{"label": "` starts every JSON answer: it moves into the prompt, and the label probabilities
+    are still exactly those of the full answers (a softmax over labels cancels the shared part)."""
+    model, tok = lm
+    t, fmt = task(output="json"), PromptFormat.for_tokenizer(tok)
+    scorer = LabelScorer(model, tok, t, batch_size=2)
+    full = [fmt.ids(fmt.answer(t, lab)) for lab in t.label_names]
+    assert scorer.common and all(f == scorer.common + c for f, c in zip(full, scorer.conts))
+    texts = ["goal match", "market shares profit and loss today", "rain"]
+    want = np.array([naive_scores(model, [fmt.prompt_ids(t, x)], full)[0] for x in texts])
+    np.testing.assert_allclose(probabilities("single_label", scorer.scores(texts)), probabilities("single_label", want),
+                               atol=1e-4)
 
 
 def test_label_probabilities_are_valid_for_every_kind(lm):

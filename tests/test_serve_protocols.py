@@ -91,6 +91,9 @@ def test_sagemaker_ping_and_invocations_in_the_content_types_it_sends(client, pr
     assert client.post("/invocations", content=b"x", headers={"Content-Type": "image/png"}).status_code == 415
     wrong = client.post("/invocations", json={"inputs": [{"titel": "x"}]})
     assert wrong.status_code == 422 and "title" in wrong.json()["error"]["message"]
+    for bad in ([None, "x"], ["x", 3]):  # fields as a list with a non-string: found by the fuzzer, was a 500
+        r = client.post("/invocations", json={"inputs": [bad]})
+        assert r.status_code == 422 and "must be a string" in r.json()["error"]["message"]
 
 
 def test_kserve_v2_metadata_and_infer(client, predictor):

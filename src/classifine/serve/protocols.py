@@ -112,6 +112,9 @@ class Protocols:
             if not isinstance(item, str) and len(fields) != n_fields:
                 problems.append(f"input {i}: {len(fields)} strings; the task has {n_fields} text fields {self.task.text}")
                 continue
+            if not all(isinstance(f, str) for f in fields):  # e.g. {"title": null} in a SageMaker record
+                problems.append(f"input {i}: every text field must be a string")
+                continue
             if any(len(f) > limit * (n_fields if isinstance(item, str) else 1) for f in fields):
                 problems.append(f"input {i}: longer than {limit} characters per text field")
             elif not any(f.strip() for f in fields):

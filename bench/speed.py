@@ -67,7 +67,8 @@ def timed(fn, n: int) -> tuple[object, float]:
 
 
 def ratios(rates: dict, base: str, busy: bool) -> dict:
-    return {} if busy else {k: round(v / rates[base], 2) for k, v in rates.items() if k != base}
+    """How many times faster ``base`` ran than each other contender; none on a busy machine."""
+    return {} if busy else {k: round(rates[base] / v, 2) for k, v in rates.items() if k != base}
 
 
 # --- classifine vs transformers.pipeline ------------------------------------------------------
@@ -188,8 +189,7 @@ def cmd_scoring(args) -> None:
         "body_parameters": body, "mean_text_tokens": round(doc_tokens, 1), "matmul_gflops": round(gflops, 1),
         "flop_bound_docs_per_second": round(bound, 2),
         "share_of_flop_bound": None if busy else round(rates["label scoring"] / bound, 3),
-        "vs_generation": ratios(rates, "label scoring", busy) and {k: round(rates["label scoring"] / v, 2)
-                                                                  for k, v in rates.items() if k != "label scoring"},
+        "vs_generation": ratios(rates, "label scoring", busy),
         "busy": busy, "other_cpu_percent": used, "load_start": start, "load_end": load()})
 
 

@@ -16,6 +16,8 @@ COMBOS = [
 ] + [
     ("embed", m, kind) for m in ("bert", "gemma") for kind in ("single_label", "multi_label", "ordinal")
 ] + [
+    ("hybrid", m, kind) for m in ("bert", "gemma") for kind in ("single_label", "multi_label", "ordinal")
+] + [
     ("head", m, kind) for m in ("bert", "gemma") for kind in ("single_label", "multi_label", "ordinal")
 ]
 FAST_HEAD = {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "logging_steps": 5}

@@ -193,7 +193,8 @@ def test_resume_tunes_on_raw_weights_and_folds_once(toy_tasks, tmp_path, bert_pa
 
 
 EMBED = [("bert", "single_label", {}), ("gemma", "multi_label", {"pooling": "last", "prefix": "passage: "}),
-         ("bert", "ordinal", {"pooling": "cls", "normalize": False})]
+         ("bert", "ordinal", {"pooling": "cls", "normalize": False}),
+         ("gemma", "single_label", {"layer": 1})]  # a decoder cut to its first layer: the final norm still applies
 
 
 @pytest.mark.parametrize("which,kind,config", EMBED, ids=[f"{w}-{k}" for w, k, _ in EMBED])
@@ -203,6 +204,7 @@ def test_embed_run_predicts_with_sentence_transformers(request, which, kind, con
                            progress=False)
     encoder = run.model_dir / "encoder"
     assert run.config["info"]["encoder_weights"] in ("linked", "copied")
+    assert json.loads((encoder / "config.json").read_text())["num_hidden_layers"] == run.config["info"]["layer"]
     if run.config["info"]["encoder_weights"] == "linked":
         assert (encoder / "model.safetensors").stat().st_nlink >= 2, "no second copy of the weights"
     predictor = Predictor.load(run.dir, engine="torch")

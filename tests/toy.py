@@ -102,7 +102,7 @@ def tiny_bert(folder: Path) -> Path:
     return folder
 
 
-def tiny_gemma(folder: Path) -> Path:
+def tiny_gemma(folder: Path, layers: int = 2) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
@@ -114,7 +114,7 @@ def tiny_gemma(folder: Path) -> Path:
                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 2)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>")
-    config = Gemma3TextConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    config = Gemma3TextConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
                               num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
                               sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2)
     import torch

@@ -4,6 +4,15 @@ Works on encoders (mean pooling, as sentence-transformers) and on decoders such 
 (mean or last-token pooling). Texts are embedded in length-sorted batches, so padding, which a
 frozen model pays for in full, stays small.
 
+**Which layer** (``layer``): the last layer of a decoder is shaped to predict the next token, and
+a middle one often classifies better (Gemma 3 270M on 3,000 NSMC reviews: layer 12 of 18 gave
+79.3% macro-F1, the last 76.0%; BENCHMARKS.md). ``auto`` pools several candidate depths from one
+forward pass of the training and validation texts, fits a head on each and keeps the depth that
+scores best on validation. The encoder is then saved cut to that many layers (``num_hidden_layers``
+in its config), so prediction runs only the layers it needs, and a plain ``AutoModel`` or
+sentence-transformers load of ``model/encoder`` gives the same vectors (the final norm of a
+decoder applies to the cut model's last layer exactly as classifine pools it; checked at fit time).
+
 The run's ``model/`` holds the head (``head.safetensors`` + ``head.json``, methods/linear.py),
 ``encoder.json`` (the base model's name and the settings) and ``encoder/``: the frozen encoder as a
 sentence-transformers folder (``SentenceTransformer(model/encoder)`` gives the embeddings the head
@@ -16,11 +25,13 @@ keeps only the name, as runs made before this folder existed, which still load b
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -34,7 +45,8 @@ from ..core.data import Examples
 from ..core.models import is_decoder, resolve
 from ..core.settings import InferenceSettings, Settings
 from ..core.task import TaskSpec
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
+from ..scoring.kinds import selection_score
 from .linear import fit_head, load_head, make_head
 
 log = logging.getLogger("classifine")
@@ -51,14 +63,50 @@ class Config(Settings, InferenceSettings):
     allow_truncation: bool = False
     batch_size: int | None = Field(default=None, ge=1)   # rows per batch at most; None: bounded by tokens
     normalize: bool = True        # L2-normalise embeddings before the head
-    C: float = Field(default=1.0, gt=0)
+    C: float | Literal["auto"] = "auto"   # auto: chosen on validation from C_GRID
+    layer: int | Literal["auto", "last"] = "auto"   # layers kept (1..n); auto: chosen on validation
     save_encoder: bool = True     # model/encoder as a sentence-transformers folder (hard-linked weights)
 
 
-def _pooled(model, pooling: str, normalize: bool):
+C_GRID = (0.25, 1.0, 4.0, 16.0)   # the head's inverse regularisation, tried on the chosen layer
+CANDIDATES = 6                   # depths compared by layer: auto
+
+
+def candidate_layers(n: int) -> list[int]:
+    """Depths ``layer: auto`` compares: from a third of the model to its last layer, evenly spread
+    (the lowest layers carry little more than the tokens; measured, BENCHMARKS.md)."""
+    low = max(1, round(n / 3))
+    return sorted({int(round(x)) for x in np.linspace(low, n, min(CANDIDATES, n - low + 1))})
+
+
+def _final_norm(model):
+    """The norm a decoder applies after its last layer (``last_hidden_state`` of a model cut to k
+    layers is that norm of layer k's output); None for encoders, whose layers end normalised."""
+    for name in ("norm", "ln_f", "final_layernorm"):
+        module = getattr(model, name, None)
+        if module is not None and hasattr(module, "weight"):
+            return module
+    return None
+
+
+def _pooled(model, pooling: str, normalize: bool, candidates: tuple[int, ...] | None = None):
     """The encoder with its pooling as one module of (input_ids, attention_mask) -> vectors: what
-    PyTorch runs and what ONNX exports (right padding, so the last token is at sum(mask) - 1)."""
+    PyTorch runs and what ONNX exports (right padding, so the last token is at sum(mask) - 1).
+    With ``candidates``: (rows, len(candidates), dim), the pooled output of a cut to each depth."""
     import torch
+
+    norm = _final_norm(model) if candidates else None
+    depth = model.config.num_hidden_layers
+
+    def pool(hidden, attention_mask):
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if pooling == "mean":
+            vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        elif pooling == "last":
+            vec = hidden[torch.arange(hidden.shape[0]), attention_mask.sum(1) - 1]
+        else:
+            vec = hidden[:, 0]
+        return torch.nn.functional.normalize(vec, dim=-1) if normalize else vec
 
     class Pooled(torch.nn.Module):
         def __init__(self):
@@ -66,17 +114,33 @@ def _pooled(model, pooling: str, normalize: bool):
             self.model = model.eval()
 
         def forward(self, input_ids, attention_mask):
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            if pooling == "mean":
-                vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            elif pooling == "last":
-                vec = hidden[torch.arange(hidden.shape[0]), attention_mask.sum(1) - 1]
-            else:
-                vec = hidden[:, 0]
-            return torch.nn.functional.normalize(vec, dim=-1) if normalize else vec
+            if not candidates:
+                return pool(self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            states = out.hidden_states  # [embeddings, layer 1, ..., layer n]; the last already normed
+            return torch.stack([pool(states[k] if (norm is None or k == depth) else norm(states[k]), attention_mask)
+                                for k in candidates], dim=1)
 
     return Pooled()
+
+
+def _depth(path: str) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return int((config.get_text_config() if hasattr(config, "get_text_config") else config).num_hidden_layers)
+
+
+def cut_config(config: dict, layers: int) -> dict:
+    """A model config (config.json as a dict) cut to its first ``layers`` layers: transformers then
+    builds and runs only those (the weights of the others are left unread)."""
+    out = json.loads(json.dumps(config))
+    text = out.get("text_config") if isinstance(out.get("text_config"), dict) else out
+    text["num_hidden_layers"] = layers
+    for key in ("layer_types", "sliding_window_pattern_list"):
+        if isinstance(text.get(key), list):
+            text[key] = text[key][:layers]
+    return out
 
 
 class Encoder:
@@ -84,7 +148,8 @@ class Encoder:
     (``engine``; core/accel.py) in token-bounded, length-sorted batches."""
 
     def __init__(self, model: str, pooling: str = "auto", max_length: int = 256, batch_size: int | None = None,
-                 prefix: str = "", normalize: bool = True, engine: str = "torch"):
+                 prefix: str = "", normalize: bool = True, engine: str = "torch", layers: int | None = None,
+                 candidates: tuple[int, ...] | None = None):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -97,23 +162,42 @@ class Encoder:
         self.decoder = is_decoder(model)
         self.pooling = ("mean" if pooling == "auto" else pooling)
         self.max_length, self.prefix, self.normalize = max_length, prefix, normalize
-        self.dim = int((config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size)
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.dim, self.depth = int(text_config.hidden_size), int(text_config.num_hidden_layers)
+        self.layers = self.depth if layers is None else min(int(layers), self.depth)
+        self.candidates = tuple(candidates) if candidates else None
         self.tokenizer.padding_side = "right"  # last-token pooling assumes right padding
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
         def module():
+            from transformers.utils import logging as hf_logging
+
+            kwargs = {}
+            if self.layers < self.depth:
+                cut = AutoConfig.from_pretrained(path)
+                text = cut.get_text_config() if hasattr(cut, "get_text_config") else cut
+                text.num_hidden_layers = self.layers
+                if isinstance(getattr(text, "layer_types", None), list):
+                    text.layer_types = text.layer_types[: self.layers]
+                kwargs["config"] = cut
+            before = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # a cut model leaves the deeper layers' weights unread: not news
             try:
-                net = AutoModel.from_pretrained(path, dtype=torch.float32)
+                net = AutoModel.from_pretrained(path, dtype=torch.float32, **kwargs)
             except OSError as e:
                 raise ModelError(f"cannot load model {model!r} from {path}", [str(e)]) from e
-            return _pooled(net, self.pooling, normalize)
+            finally:
+                hf_logging.set_verbosity(before)
+            return _pooled(net, self.pooling, normalize, self.candidates)
 
-        # one graph per base model and pooling, shared by every run on it (a run's encoder/ folder
-        # hard-links the base model's files, so its weights have the same identity)
+        # one graph per base model, pooling and depth, shared by every run on it (a run's encoder/
+        # folder hard-links the base model's files, so its weights have the same identity)
         src = Path(path)
-        key = cache_key(self.pooling, normalize, (src / "config.json").read_text() if (src / "config.json").is_file() else path,
+        key = cache_key(self.pooling, normalize, self.layers, self.candidates,
+                        (src / "config.json").read_text() if (src / "config.json").is_file() else path,
                         files=_weight_files(src) if src.is_dir() else [])
+        self.key = key
         self.forward = Forward(self.tokenizer, max_length, module, engine, onnx_cache(key), prefix)
         if batch_size:
             self.forward.max_rows = batch_size
@@ -128,57 +212,131 @@ class Encoder:
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.forward(list(texts), progress=progress, desc="embed")
+            shape = (0, len(self.candidates), self.dim) if self.candidates else (0, self.dim)
+            return np.zeros(shape, dtype=np.float32)
+        # the same texts through the same frozen model give the same vectors: `auto` embeds the
+        # training rows once for the embed try and reuses them for the hybrid one
+        key = (self.key, self.engine, hashlib.sha256("\x00".join(texts).encode()).hexdigest())
+        if key in _MEMO:
+            _MEMO.move_to_end(key)
+            return _MEMO[key]
+        out = self.forward(list(texts), progress=progress, desc="embed")
+        _remember(key, out)
+        return out
+
+
+_MEMO: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+MEMO_BYTES = 1 << 30   # features kept in memory across fits in one process
+
+
+def _remember(key: tuple, features: np.ndarray) -> None:
+    if features.nbytes > MEMO_BYTES // 2:
+        return
+    _MEMO[key] = features
+    while sum(a.nbytes for a in _MEMO.values()) > MEMO_BYTES:
+        _MEMO.popitem(last=False)
 
 
 @lru_cache(maxsize=2)
 def _encoder(model: str, pooling: str, max_length: int, batch_size: int | None, prefix: str, normalize: bool,
-             engine: str) -> Encoder:
+             engine: str, layers: int | None = None, candidates: tuple[int, ...] | None = None) -> Encoder:
     # cached: training evaluates right after fitting, and a predictor may be loaded repeatedly
-    return Encoder(model, pooling, max_length, batch_size, prefix, normalize, engine)
+    return Encoder(model, pooling, max_length, batch_size, prefix, normalize, engine, layers, candidates)
 
 
-def _encoder_for(model: str, config: Config, engine: str = "torch") -> Encoder:
-    return _encoder(model, config.pooling, config.max_length, config.batch_size, config.prefix, config.normalize, engine)
+def _encoder_for(model: str, config: Config, engine: str = "torch", candidates: tuple[int, ...] | None = None) -> Encoder:
+    layers = config.layer if isinstance(config.layer, int) else None
+    return _encoder(model, config.pooling, config.max_length, config.batch_size, config.prefix, config.normalize, engine,
+                    None if candidates else layers, candidates)
 
 
-def _fit_engine(model: str, config: Config) -> Encoder:
+def _fit_engine(model: str, config: Config, candidates: tuple[int, ...] | None = None) -> Encoder:
     """The encoder that embeds the training texts: ONNX Runtime where the settings allow it and the
     graph exports (it matches PyTorch to 1e-4, checked at export), else PyTorch."""
     wanted = "onnx" if config.engine == "auto" else config.engine
     if wanted != "torch" and not onnx_missing():
         try:
-            return _encoder_for(model, config, wanted)
+            return _encoder_for(model, config, wanted, candidates)
         except ModelError as e:
             if config.engine != "auto":
                 raise
             log.warning("embedding with PyTorch: %s", e.summary)
-    return _encoder_for(model, config)
+    return _encoder_for(model, config, candidates=candidates)
 
 
 def prepare(task: TaskSpec, train: Examples, config: Config, model: str) -> tuple[Config, dict]:
     """max_length from the training texts (or the user's, checked), before anything is written."""
+    if isinstance(config.layer, int):
+        depth = _depth(resolve(model))
+        if not 1 <= config.layer <= depth:
+            raise ConfigError(f"layer {config.layer} is outside {model}'s {depth} layers",
+                              [f"set layer to 1..{depth}, 'last' or 'auto' (chosen on validation)"])
     facts = plan_for_encoder(model, train.texts, config, training=False, prefix=config.prefix)
     return config.model_copy(update={"max_length": facts["max_length"]}), facts
+
+
+def _best(scores: dict, prefer) -> object:
+    """The key with the best validation score; near-ties (within 0.1 point) go to ``prefer``'s
+    smallest value (fewer layers run faster; a smaller C regularises more)."""
+    top = max(scores.values())
+    return min((k for k, v in scores.items() if v >= top - 1e-3), key=prefer)
 
 
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     model_dir = run_dir / "model"
-    encoder = _fit_engine(model, config)
-    X = encoder.encode(train.texts, progress=progress)
-    X_val = encoder.encode(validation.texts, progress=progress) if validation is not None else None
-    head = make_head(task.kind, config.C, config.class_weight)
-    fit_head(head, task.kind, X, train.labels, task.label_names, X_val, validation.labels if validation else None)
+    y, y_val = train.labels, (validation.labels if validation is not None else None)
+    choose = validation is not None and len(validation) > 0
+
+    def head_for(X, Xv, C):
+        head = make_head(task.kind, C, config.class_weight)
+        return fit_head(head, task.kind, X, y, task.label_names, Xv, y_val)
+
+    facts: dict = {}
+    C = 1.0 if config.C == "auto" else config.C
+    if config.layer == "auto" and choose:
+        # one forward pass, every candidate depth pooled from it; a head per depth, kept on validation
+        encoder = _fit_engine(model, config, tuple(candidate_layers(_depth(resolve(model)))))
+        Xs, Xs_val = encoder.encode(train.texts, progress=progress), encoder.encode(validation.texts, progress=progress)
+        scores = {k: selection_score(task, y_val, head_for(Xs[:, i], Xs_val[:, i], C).predict_proba(Xs_val[:, i]))
+                  for i, k in enumerate(encoder.candidates)}
+        layers = _best(scores, prefer=lambda k: k)
+        i = encoder.candidates.index(layers)
+        X, X_val = Xs[:, i], Xs_val[:, i]
+        facts["layer_scores"] = {str(k): round(v, 4) for k, v in scores.items()}
+        depth = encoder.depth
+    else:
+        encoder = _fit_engine(model, config)
+        X = encoder.encode(train.texts, progress=progress)
+        X_val = encoder.encode(validation.texts, progress=progress) if validation is not None else None
+        layers, depth = encoder.layers, encoder.depth
+    if config.C == "auto" and choose:
+        scores = {c: selection_score(task, y_val, head_for(X, X_val, c).predict_proba(X_val)) for c in C_GRID}
+        C = _best(scores, prefer=lambda c: c)
+        facts["C_scores"] = {str(c): round(v, 4) for c, v in scores.items()}
+    head = head_for(X, X_val, C)
     head.save(model_dir)
-    saved = save_sentence_transformer(encoder, model, model_dir / ENCODER) if config.save_encoder else None
-    meta = {"model": model, **config.model_dump(), **({"sentence_transformers": ENCODER} if saved else {})}
+    final = config.model_copy(update={"layer": layers, "C": C})
+    cut = _encoder_for(model, final)  # what prediction runs: only the chosen layers (built on first use)
+    if encoder.candidates and layers < depth:
+        _check_cut(cut, validation.texts[:4], X_val[:4])
+    saved = save_sentence_transformer(cut, model, model_dir / ENCODER) if config.save_encoder else None
+    meta = {"model": model, **final.model_dump(), **({"sentence_transformers": ENCODER} if saved else {})}
     (model_dir / "encoder.json").write_text(json.dumps(meta, indent=1))
     if saved:
         _encoder.cache_clear()  # prediction loads the run's own folder: don't hold the base model twice
     return {"embedding_dim": encoder.dim, "pooling": encoder.pooling, "decoder": encoder.decoder, "fit_engine": encoder.engine,
-            **({"encoder_weights": saved} if saved else {})}
+            "layer": layers, "depth": depth, "C": C, **facts, **({"encoder_weights": saved} if saved else {})}
+
+
+def _check_cut(cut: Encoder, texts: list[str], expected: np.ndarray) -> None:
+    """The model cut to the chosen depth must give the vectors the head was fitted on (a model whose
+    last norm classifine does not find would not): refuse rather than save a run that predicts otherwise."""
+    got = cut.forward(list(texts))  # PyTorch, unmemoised: this is the check
+    if not np.allclose(got, expected, atol=1e-3):
+        raise ModelError(f"{cut.layers} layers of this model do not reproduce the pooled hidden state of layer {cut.layers}",
+                         [f"largest difference {float(np.abs(got - expected).max()):.2e}",
+                          "set layer: last (the whole model) for this architecture"])
 
 
 # --- the encoder as a sentence-transformers folder ---------------------------------------------
@@ -217,6 +375,8 @@ def save_sentence_transformer(encoder: Encoder, model: str, dest: Path) -> str:
         weights = _weight_files(src) if src.is_dir() and (src / "config.json").is_file() else []
         if weights:  # the very files the encoder was loaded from: embeddings are bit-identical
             config = json.loads((src / "config.json").read_text())
+            if encoder.layers < encoder.depth:  # the deeper layers' weights stay in the file, unread
+                config = cut_config(config, encoder.layers)
             config["dtype"] = "float32"  # as classifine loads it; transformers 5 would load a bf16 base in bf16
             (tmp / "config.json").write_text(json.dumps(config, indent=1))
             how = {_link_or_copy(w, tmp / w.name) for w in weights}

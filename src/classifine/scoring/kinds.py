@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics as M
-from .decision import decide
+from .decision import decide, tune_thresholds
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,17 @@ def validation_metrics(task, gold: list, probs: np.ndarray) -> dict:
     """The metrics a trainer selects its best checkpoint by, from the model's raw probabilities."""
     out = compute_metrics(task, gold, decide(task.kind, task.label_names, probs, {}), probs)
     return {k: out[k] for k in SELECTION if k in out}
+
+
+def selection_score(task, gold: list, probs: np.ndarray) -> float:
+    """The kind's ranking metric on validation, for choices made inside a fit (an embedding layer,
+    a regularisation strength, a blend weight): multi-label thresholds are tuned first, as every
+    run's are, since at 0.5 rare labels would never be chosen and the comparison would say nothing."""
+    decision = {}
+    if task.kind == "multi_label":
+        decision = {"thresholds": tune_thresholds(task.label_names, probs, gold), "top_k": task.top_k}
+    out = compute_metrics(task, gold, decide(task.kind, task.label_names, probs, decision))
+    return float(out[KINDS[task.kind].ranking])
 
 
 def key_metrics(kind: str, m: dict) -> list[dict]:

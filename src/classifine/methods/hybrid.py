@@ -1,0 +1,148 @@
+"""``hybrid``: TF-IDF and a language model's embeddings, blended with a weight chosen on validation.
+
+The two parts see a text differently: character n-grams keep every surface form of every row of
+the training set (in seconds), a frozen language model knows words the training set never showed
+but, on a CPU, sees only as many rows as the budget embeds. Their log-probabilities (logits for
+multi-label) are averaged with weight ``w`` on TF-IDF, ``w`` chosen on validation from 0, 0.1, ...,
+1 by the kind's ranking metric, so on validation the blend is never worse than either part alone
+(w = 1 is the TF-IDF part, w = 0 the embed part). Measured gains and losses: BENCHMARKS.md.
+
+Each part is an ordinary run of its method, written by that method under ``model/<part>/model``
+and loaded by its own ``Scorer``: the hybrid composes methods through the ``Method`` protocol and
+owns only ``hybrid.json`` (the parts, their weight and the validation scores behind it).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..core.accel import read_choice, requested
+from ..core.data import Examples
+from ..core.settings import InferenceSettings, Settings
+from ..core.task import TaskSpec
+from ..scoring.decision import softmax
+from ..scoring.kinds import selection_score
+
+KINDS = ("single_label", "multi_label", "ordinal")
+REFUSED = {"extraction": "a blend of whole-text classifiers cannot name entities: use method sft for extraction"}
+NEEDS_MODEL = True
+TRAINS = True
+PARTS = ("tfidf", "embed")   # the first needs no model; the second embeds with --model
+WEIGHTS = tuple(i / 10 for i in range(11))
+META = "hybrid.json"
+
+
+class Config(Settings, InferenceSettings):
+    tfidf: dict[str, Any] = Field(default_factory=dict)   # settings of the tfidf part (see method tfidf)
+    embed: dict[str, Any] = Field(default_factory=dict)   # settings of the embed part (see method embed)
+    weight: float | Literal["auto"] = "auto"   # TF-IDF's share of the blend; auto: chosen on validation
+    embed_rows: int | None = Field(default=None, ge=2)   # the embed part trains on a stratified sample this size
+
+
+def _methods():
+    from . import build_config, get_method  # the registry imports every method module lazily
+
+    return build_config, get_method
+
+
+def _part_configs(task: TaskSpec, config: Config) -> dict:
+    """Each part's settings, validated by its own method; class_weight and seed come from the hybrid
+    unless the part sets them."""
+    build_config, get_method = _methods()
+    shared = {"class_weight": config.class_weight, "seed": config.seed}
+    out = {}
+    for part in PARTS:
+        values = {**shared, **getattr(config, part)}
+        if part == "embed":
+            values.setdefault("engine", config.engine)
+        out[part] = build_config(get_method(part), part, values, task.label_names)
+    return out
+
+
+def prepare(task: TaskSpec, train: Examples, config: Config, model: str) -> tuple[Config, dict]:
+    _, get_method = _methods()
+    parts = _part_configs(task, config)
+    facts = {}
+    for part in PARTS:
+        parts[part], facts[part] = get_method(part).prepare(task, train, parts[part], model if part == "embed" else None)
+    update = {part: parts[part].model_dump(mode="json") for part in PARTS}
+    return config.model_copy(update=update), {**facts.get("embed", {}), "parts": facts}
+
+
+def _sample(task: TaskSpec, train: Examples, rows: int | None, seed: int) -> Examples:
+    if rows is None or rows >= len(train):
+        return train
+    from sklearn.model_selection import train_test_split
+
+    strata = [json.dumps(y) if isinstance(y, list) else y for y in train.labels]
+    counts = {s: strata.count(s) for s in set(strata)}
+    stratify = strata if min(counts.values()) >= 2 and rows >= len(counts) else None
+    keep, _ = train_test_split(np.arange(len(train)), train_size=rows, stratify=stratify, random_state=seed)
+    return train.subset(sorted(int(i) for i in keep))
+
+
+def blend(kind: str, parts: list[np.ndarray], weight: float) -> np.ndarray:
+    """``weight`` on the first part's log-probabilities (multi-label: logits), the rest on the second."""
+    a, b = (np.clip(p.astype(np.float64), 1e-12, 1 - 1e-12) for p in parts)
+    if kind == "multi_label":
+        z = weight * np.log(a / (1 - a)) + (1 - weight) * np.log(b / (1 - b))
+        return 1 / (1 + np.exp(-z))
+    return softmax(weight * np.log(a) + (1 - weight) * np.log(b))
+
+
+def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str,
+        run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
+    _, get_method = _methods()
+    model_dir = run_dir / "model"
+    parts = _part_configs(task, config)
+    rows = {"tfidf": train, "embed": _sample(task, train, config.embed_rows, config.seed)}
+    info = {}
+    for part in PARTS:
+        (model_dir / part / "model").mkdir(parents=True, exist_ok=True)
+        info[part] = get_method(part).fit(task, rows[part], validation, parts[part], model if part == "embed" else None,
+                                          model_dir / part, progress=progress, resume=resume)
+        info[part]["train_rows"] = len(rows[part])
+    scores = {}
+    weight = 0.5 if config.weight == "auto" else float(config.weight)
+    if config.weight == "auto" and validation is not None and len(validation):
+        probs = [get_method(p).Scorer.load(model_dir / p / "model").predict_proba(validation.texts) for p in PARTS]
+        scores = {w: selection_score(task, validation.labels, blend(task.kind, probs, w)) for w in WEIGHTS}
+        top = max(scores.values())
+        # near-ties go to the weight nearest an even blend: two views of a text generalise better than one
+        weight = min((w for w, s in scores.items() if s >= top - 1e-3), key=lambda w: abs(w - 0.5))
+    meta = {"parts": list(PARTS), "kind": task.kind, "weight": weight, "validation_scores": {str(w): round(s, 4) for w, s in scores.items()}}
+    (model_dir / META).write_text(json.dumps(meta, indent=1))
+    return {"weight": weight, "validation_scores": meta["validation_scores"], "parts": info}
+
+
+class Scorer:
+    ENGINES = ("torch", "onnx")   # the embed part's; the TF-IDF part is numpy either way
+
+    def __init__(self, parts: list, weight: float, kind: str):
+        self.parts, self.weight, self.kind = parts, weight, "multi_label" if kind == "multi_label" else "single_label"
+
+    @property
+    def engine(self) -> str:
+        return getattr(self.parts[1], "engine", "torch")
+
+    @classmethod
+    def load(cls, model_dir: Path, engine: str | None = None, build: bool = False) -> "Scorer":
+        _, get_method = _methods()
+        meta = json.loads((Path(model_dir) / META).read_text())
+        engine = requested(engine) or read_choice(model_dir)["engine"]
+        parts = []
+        for part in meta["parts"]:
+            scorer, where = get_method(part).Scorer, Path(model_dir) / part / "model"
+            # a part with engines (embed) runs on the one chosen for the whole run
+            parts.append(scorer.load(where, engine=engine, build=build) if hasattr(scorer, "ENGINES") else scorer.load(where))
+        return cls(parts, float(meta["weight"]), meta["kind"])
+
+    def truncation(self, texts: list[str]) -> dict:
+        return self.parts[1].truncation(texts) if hasattr(self.parts[1], "truncation") else {}
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return blend(self.kind, [p.predict_proba(texts) for p in self.parts], self.weight)

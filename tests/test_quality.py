@@ -1,0 +1,100 @@
+"""The quality levers of issue 13 on tiny models: the embedding layer chosen on validation, the
+head's C chosen on validation, and the TF-IDF + embeddings blend."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import classifine
+from classifine.errors import ConfigError
+from classifine.methods import get_method
+from classifine.methods.embed import candidate_layers
+from classifine.methods.hybrid import WEIGHTS, blend
+from classifine.core.task import as_task
+from classifine.scoring.kinds import selection_score
+from toy import tiny_gemma
+
+
+@pytest.fixture(scope="module")
+def deep_gemma(tmp_path_factory) -> str:
+    return str(tiny_gemma(tmp_path_factory.mktemp("gemma4"), layers=4))
+
+
+def test_candidate_layers_span_the_upper_two_thirds():
+    assert candidate_layers(18) == [6, 8, 11, 13, 16, 18]
+    assert candidate_layers(6) == [2, 3, 4, 5, 6]
+    assert candidate_layers(1) == [1]
+    for n in range(1, 40):
+        c = candidate_layers(n)
+        assert c[-1] == n and c == sorted(set(c)) and len(c) <= 6 and c[0] >= 1
+
+
+def test_embed_chooses_layer_and_C_on_validation_and_cuts_the_encoder(toy_tasks, tmp_path, deep_gemma):
+    run = classifine.train(toy_tasks["single_label"], method="embed", model=deep_gemma, out=tmp_path / "r", progress=False)
+    info = run.config["info"]
+    scores = {int(k): v for k, v in info["layer_scores"].items()}
+    assert sorted(scores) == candidate_layers(4)
+    assert scores[info["layer"]] >= max(scores.values()) - 1e-3  # the best, or a shallower near-tie
+    assert info["C_scores"][str(info["C"])] >= max(info["C_scores"].values()) - 1e-3
+    saved = json.loads((run.model_dir / "encoder" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == info["layer"]
+    meta = json.loads((run.model_dir / "encoder.json").read_text())
+    assert meta["layer"] == info["layer"] and meta["C"] == info["C"]
+    # the cut encoder runs only the chosen layers
+    predictor = classifine.load(run.dir)
+    net = predictor.scorer.encoder.model
+    assert len(net.layers) == info["layer"]
+
+
+def test_embed_refuses_a_layer_the_model_does_not_have(toy_tasks, tmp_path, deep_gemma):
+    with pytest.raises(ConfigError, match="outside") as e:
+        classifine.train(toy_tasks["single_label"], method="embed", model=deep_gemma, out=tmp_path / "r",
+                         config={"layer": 9}, progress=False)
+    assert "1..4" in str(e.value)
+    assert not (tmp_path / "r").exists(), "refused before anything is written"
+
+
+def test_selection_score_tunes_multi_label_thresholds():
+    task = as_task({"name": "t", "kind": "multi_label", "text": "text", "label_column": "y", "labels": ["a", "b"]})
+    gold = [["a"], ["b"], ["a", "b"], ["a"]]
+    probs = np.array([[0.3, 0.1], [0.1, 0.3], [0.3, 0.3], [0.3, 0.1]])  # ranked right, all below 0.5
+    assert selection_score(task, gold, probs) == pytest.approx(1.0)
+
+
+def test_blend_ends_are_the_parts():
+    a = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    b = np.array([[0.2, 0.5, 0.3], [0.3, 0.3, 0.4]])
+    np.testing.assert_allclose(blend("single_label", [a, b], 1.0), a, atol=1e-9)
+    np.testing.assert_allclose(blend("single_label", [a, b], 0.0), b, atol=1e-9)
+    np.testing.assert_allclose(blend("multi_label", [a, b], 0.0), b, atol=1e-9)
+    mid = blend("single_label", [a, b], 0.5)
+    np.testing.assert_allclose(mid.sum(1), 1.0)
+    assert ((mid[:, 0] - a[:, 0]) * (mid[:, 0] - b[:, 0]) < 0).all()  # strictly between the parts
+
+
+@pytest.mark.parametrize("kind", ["single_label", "multi_label"])
+def test_hybrid_is_never_worse_than_its_parts_on_validation(toy_tasks, tmp_path, bert_path, kind):
+    run = classifine.train(toy_tasks[kind], method="hybrid", model=bert_path, out=tmp_path / "r",
+                           config={"embed_rows": 40, "embed": {"layer": "last"}}, progress=False)
+    info = run.config["info"]
+    scores = {float(w): s for w, s in info["validation_scores"].items()}
+    assert sorted(scores) == list(WEIGHTS)
+    assert scores[info["weight"]] >= max(scores[0.0], scores[1.0])
+    assert info["parts"]["embed"]["train_rows"] == 40
+    assert info["parts"]["tfidf"]["train_rows"] == run.config["data"]["train_rows"]
+    # the run's probabilities are the blend of its two parts, each loadable by its own method
+    model_dir = run.model_dir
+    texts = ["goal match striker", "market shares bank storm"]
+    parts = [get_method(p).Scorer.load(model_dir / p / "model").predict_proba(texts) for p in ("tfidf", "embed")]
+    got = get_method("hybrid").Scorer.load(model_dir).predict_proba(texts)
+    np.testing.assert_allclose(got, blend(kind, parts, info["weight"]), atol=1e-6)
+
+
+def test_hybrid_refuses_bad_part_settings_at_once(toy_tasks, tmp_path, bert_path):
+    with pytest.raises(ConfigError) as e:
+        classifine.train(toy_tasks["single_label"], method="hybrid", model=bert_path, out=tmp_path / "r",
+                         config={"tfidf": {"ngram_mx": 3}, "embed": {"pooling": "max"}}, progress=False)
+    assert "ngram_max" in str(e.value)
+    assert not (tmp_path / "r").exists()

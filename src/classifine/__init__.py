@@ -8,7 +8,16 @@ __version__ = "0.1.0"
 
 
 def train(*args, **kwargs):
-    """Train a run from a task spec; see ``classifine.training.train``."""
+    """Train a run from a task spec; see ``classifine.training.train``. ``method="auto"`` with
+    ``budget="30m"`` tries methods within the budget and keeps the best (``classifine.auto.auto``)."""
+    if kwargs.get("method") == "auto" or (len(args) > 1 and args[1] == "auto"):
+        from .auto import auto as _auto
+
+        kwargs.pop("method", None)
+        args = args[:1] + args[2:] if len(args) > 1 else args
+        return _auto(*args, **kwargs)
+    if "budget" in kwargs:
+        raise ConfigError("budget applies to method='auto' only", ["drop budget, or pass method='auto'"])
     from .training import train as _train
 
     return _train(*args, **kwargs)

@@ -184,7 +184,8 @@ def _summary(metrics: dict, title: str) -> None:
 @handled
 def train(
     task: Path = typer.Argument(..., help="task spec (YAML)"),
-    method: str = typer.Option(..., "--method", "-m", help=f"one of: {' | '.join(METHODS)} (see `classifine methods`)"),
+    method: str = typer.Option(..., "--method", "-m", help=f"one of: {' | '.join(METHODS)} (see `classifine methods`), "
+                               "or auto: try them within --budget and keep the best on validation"),
     model: Optional[str] = typer.Option(None, "--model", help="gemma-3-270m | minilm-l6 | smollm2-135m | local path | HF id"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<task>-<method>)"),
     train_file: Optional[Path] = typer.Option(None, "--train", help="training data (overrides data.train)"),
@@ -194,19 +195,33 @@ def train(
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of hyper-parameters"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
     resume: bool = typer.Option(False, "--resume", help="continue training from the run's last checkpoint"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="with --method auto: wall-clock budget, e.g. 30m, 1h, 90s"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings and errors: no progress bars or logs"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON (nothing else on stdout)"),
 ):
     """Train a classifier from a task spec; evaluates on the test data when there is any."""
     _setup_logging(quiet or as_json)
     from .core.task import load_task
-    from .training import train as run_train
 
     spec = load_task(task)
     out_dir = out_dir or Path("runs") / f"{spec.name}-{method}"
     values = parse_settings(settings, config_file)
-    run = run_train(spec, method=method, model=model, out=out_dir, train=train_file, validation=validation_file,
-                    test=test_file, config=values, overwrite=overwrite, resume=resume, progress=not (quiet or as_json))
+    if method == "auto":
+        from .auto import auto
+
+        problems = (["--set/--config: auto chooses the settings of each try"] if values else []) + \
+                   (["--resume: an auto run starts again (its tries are fast to redo or were cut by the budget)"] if resume else [])
+        if problems:
+            raise ConfigError("options that --method auto does not take:", problems)
+        run = auto(spec, out_dir, budget=budget or "30m", model=model, train=train_file, validation=validation_file,
+                   test=test_file, overwrite=overwrite, progress=not (quiet or as_json))
+    else:
+        if budget is not None:
+            raise ConfigError("--budget applies to --method auto only", ["drop --budget, or pass --method auto"])
+        from .training import train as run_train
+
+        run = run_train(spec, method=method, model=model, out=out_dir, train=train_file, validation=validation_file,
+                        test=test_file, config=values, overwrite=overwrite, resume=resume, progress=not (quiet or as_json))
     from .core.runs import process_rank
 
     if process_rank()[0] != 0:  # under `accelerate launch` the main process reports for all
@@ -216,8 +231,13 @@ def train(
     metrics = json.loads((run.dir / "metrics.json").read_text()) if (run.dir / "metrics.json").exists() else None
     if as_json:
         return _print_json({"run": str(run.dir), "method": method, "model": model, "train_seconds": run.config["train_seconds"],
-                            "budget": run.config.get("budget"), "metrics": _headline(metrics)})
-    out.print(f"trained [bold]{method}[/] in {run.config['train_seconds']:.1f} s → {run.dir}")
+                            "budget": run.config.get("budget"), "auto": run.config.get("auto"), "metrics": _headline(metrics)})
+    if method == "auto":
+        record = run.config["auto"]
+        out.print(f"auto chose [bold]{record['chosen']}[/] in {record['elapsed_seconds']:.0f} s of a "
+                  f"{record['budget_seconds']:.0f} s budget → {run.dir} (leaderboard: {run.dir / record['leaderboard']})")
+    else:
+        out.print(f"trained [bold]{method}[/] in {run.config['train_seconds']:.1f} s → {run.dir}")
     if metrics is not None:
         _summary(metrics, f"test: {run.config['data']['test']}")
         out.print(f"report: {run.dir / 'report.md'}")

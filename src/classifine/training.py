@@ -46,7 +46,9 @@ def _path(arg: str | Path | None, task: TaskSpec, split: str) -> Path | None:
 def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, model: str | None = None,
           train: str | Path | None = None, validation: str | Path | None = None, test: str | Path | None = None,
           config: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
-          progress: bool = True) -> Run:
+          progress: bool = True, choose_engine_now: bool = True) -> Run:
+    """Train ``method`` on ``task`` into ``out``. ``choose_engine_now=False`` leaves the run on
+    PyTorch (``auto`` measures the engines of its winning run only)."""
     # --- setup: everything the user gave is checked before any training starts ---
     task = as_task(task)
     module = get_method(method)
@@ -126,7 +128,8 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
             predictor = Predictor.load(run, engine="torch") if fold is not None else predictor
             predictor.decision = read_decision(run.model_dir)
         # the inference engine, measured on validation against fp32 PyTorch (predict/engine.py)
-        if choose_engine(run, val_ex, getattr(settings, "engine", "torch")).get("engine", "torch") != "torch":
+        wanted = getattr(settings, "engine", "torch") if choose_engine_now else "torch"
+        if choose_engine(run, val_ex, wanted).get("engine", "torch") != "torch":
             predictor = Predictor.load(run)
         write_manifest(run_dir)  # last of the run's own files: from here on the run checks itself
 

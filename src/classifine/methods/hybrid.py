@@ -41,6 +41,7 @@ class Config(Settings, InferenceSettings):
     embed: dict[str, Any] = Field(default_factory=dict)   # settings of the embed part (see method embed)
     weight: float | Literal["auto"] = "auto"   # TF-IDF's share of the blend; auto: chosen on validation
     embed_rows: int | None = Field(default=None, ge=2)   # the embed part trains on a stratified sample this size
+    reuse_tfidf: str | None = None   # a tfidf run on the same task and training data: its model is copied, not refitted
 
 
 def _methods():
@@ -85,6 +86,32 @@ def _sample(task: TaskSpec, train: Examples, rows: int | None, seed: int) -> Exa
     return train.subset(sorted(int(i) for i in keep))
 
 
+def _reuse(task: TaskSpec, run_dir: Path, dest: Path) -> dict:
+    """Copy the model of an earlier tfidf run (``auto`` fits TF-IDF once for its own try and the
+    hybrids), after checking it is one, for this task's labels."""
+    import shutil
+
+    import yaml
+
+    from ..errors import ConfigError
+
+    try:
+        record = yaml.safe_load((run_dir / "config.yaml").read_text())
+        labels = yaml.safe_load((run_dir / "task.yaml").read_text()).get("labels")
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"reuse_tfidf: {run_dir} is not a run folder", [str(e)]) from e
+    names = list(labels) if isinstance(labels, (dict, list)) else []
+    names = [n if isinstance(n, str) else next(iter(n)) for n in names]
+    if record.get("method") != "tfidf" or names != task.label_names:
+        raise ConfigError(f"reuse_tfidf: {run_dir} is not a tfidf run of this task",
+                          [f"its method is {record.get('method')!r} and its labels {names}; drop reuse_tfidf to fit one"])
+    for f in (run_dir / "model").iterdir():
+        if f.is_file() and f.name not in ("decision.json", "inference.json"):  # the hybrid tunes its own
+            shutil.copy2(f, dest / f.name)
+    return {"reused": str(run_dir), "train_rows": record.get("data", {}).get("train_rows"),
+            "train_seconds": record.get("train_seconds")}
+
+
 def blend(kind: str, parts: list[np.ndarray], weight: float) -> np.ndarray:
     """``weight`` on the first part's log-probabilities (multi-label: logits), the rest on the second."""
     a, b = (np.clip(p.astype(np.float64), 1e-12, 1 - 1e-12) for p in parts)
@@ -103,6 +130,9 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     info = {}
     for part in PARTS:
         (model_dir / part / "model").mkdir(parents=True, exist_ok=True)
+        if part == "tfidf" and config.reuse_tfidf:
+            info[part] = _reuse(task, Path(config.reuse_tfidf), model_dir / part / "model")
+            continue
         info[part] = get_method(part).fit(task, rows[part], validation, parts[part], model if part == "embed" else None,
                                           model_dir / part, progress=progress, resume=resume)
         info[part]["train_rows"] = len(rows[part])

@@ -117,3 +117,12 @@ def test_cli_auto_bad_input(toy_tasks, tmp_path):
     r = runner.invoke(app, ["train", spec, "--method", "auto", "--set", "C=2", "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "auto chooses the settings" in r.output
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_max_train_seconds_stops_the_trainer_and_keeps_a_checkpoint(toy_tasks, tmp_path, bert_path):
+    config = {"epochs": 50, "batch_size": 4, "learning_rate": 1e-3, "max_train_seconds": 3, "logging_steps": 5}
+    run = classifine.train(toy_tasks["single_label"], method="head", model=bert_path, out=tmp_path / "h", config=config,
+                           progress=False)
+    state = json.loads(next((tmp_path / "h" / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["epoch"] < 50, "training ran to the end despite the time limit"
+    assert run.config["info"]["best_checkpoint"]

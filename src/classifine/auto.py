@@ -43,8 +43,9 @@ log = logging.getLogger("classifine")
 UNITS = {"h": 3600, "m": 60, "s": 1}
 MAX_VALIDATION = 2000   # rows held out for choosing: enough to separate tries by a point, cheap to embed
 MIN_ROWS = 200          # fewer training rows than this make a model try not worth its time
+SPEED_ROWS = 200        # validation texts a try's docs/s is measured on
 PROBE_ROWS = 48         # texts embedded to measure a model's docs/s
-TRAIN_COST = 4.0        # a training row costs forward + backward (~3 passes) in PyTorch, which the ONNX probe outruns
+TRAIN_COST = 12.0       # a training row costs this many ONNX probe passes (fwd + bwd in PyTorch, optimiser; measured 10-14)
 SAFETY = 1.15           # estimates are scaled up by this before they are compared with the budget
 LEADERBOARD = "leaderboard"
 
@@ -203,11 +204,17 @@ def _model_bytes(run_dir: Path) -> int:
 
 
 def _validation_scores(run: Run, val_ex) -> tuple[dict, float]:
-    """The try's metrics on validation with its tuned decisions, and its docs/s there."""
+    """The try's metrics on validation with its tuned decisions, and its docs/s (PyTorch, on up to
+    ``SPEED_ROWS`` validation texts embedded afresh: features reused from training would time a lookup)."""
+    from .methods.embed import fresh_features
+
     predictor = Predictor.load(run, engine="torch")
-    t0 = time.perf_counter()
     probs = batched_proba(predictor, val_ex.texts, progress=False)
-    rate = len(val_ex) / max(time.perf_counter() - t0, 1e-6)
+    sample = val_ex.texts[:SPEED_ROWS]
+    with fresh_features():
+        t0 = time.perf_counter()
+        batched_proba(predictor, sample, progress=False)
+        rate = len(sample) / max(time.perf_counter() - t0, 1e-6)
     pred = decide(run.task.kind, predictor.labels, probs, predictor.decision)
     m = compute_metrics(run.task, val_ex.labels, pred)
     keys = KINDS[run.task.kind].summary
@@ -235,7 +242,7 @@ def _write_frame(examples, path: Path) -> Path:
     return path
 
 
-def _try_config(t: Try, rows: int, tries_dir: Path) -> dict:
+def _try_config(t: Try, rows: int, tries_dir: Path, seconds: float) -> dict:
     from .core.models import is_decoder
 
     if t.method == "hybrid":
@@ -243,7 +250,8 @@ def _try_config(t: Try, rows: int, tries_dir: Path) -> dict:
     if t.method == "head":  # LoRA on decoders; encoders are small enough to fine-tune whole
         tuned = {"lora": True, "learning_rate": 2e-4, "batch_size": 8} if is_decoder(t.model) else \
                 {"lora": False, "learning_rate": 5e-5, "batch_size": 16}
-        return {**tuned, **t.config}
+        # the estimate is a guess; the Trainer's own clock is the guarantee
+        return {**tuned, **t.config, "max_train_seconds": max(30.0, seconds * 0.7)}
     return dict(t.config)
 
 
@@ -324,11 +332,14 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
             if t.model and probe is None:
                 t.status, t.reason = "skipped", f"{_clock(left)} left: too little to load {t.model}"
                 continue
-            rows = affordable_rows(t, share, len(train_ex), len(val_ex), probe, tfidf_seconds)
             fewest = min(MIN_ROWS, len(train_ex))
+            # a try whose fewest rows do not fit its share, but fit what is left, runs at that minimum:
+            # the share is an aim for spreading the budget, the budget itself is the limit
+            floor = estimate(t, fewest, len(val_ex), probe, tfidf_seconds) * SAFETY
+            allot = max(share, min(floor, left))
+            rows = affordable_rows(t, allot, len(train_ex), len(val_ex), probe, tfidf_seconds)
             if rows < fewest:
-                need = estimate(t, fewest, len(val_ex), probe, tfidf_seconds) * SAFETY
-                t.status, t.reason = "skipped", f"needs about {_clock(need)} for {fewest} rows; {_clock(share)} of the budget was left for it"
+                t.status, t.reason = "skipped", f"needs about {_clock(floor)} for {fewest} rows; {_clock(left)} of the budget was left"
                 _say(progress, f"auto: skip {t.name}: {t.reason}")
                 continue
             t.rows, t.estimate_seconds = rows, round(estimate(t, rows, len(val_ex), probe, tfidf_seconds), 1)
@@ -343,7 +354,7 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
             t0 = time.monotonic()
             try:
                 run = train_run(blind, t.method, where, model=t.model, train=path, validation=val_file,
-                            config=_try_config(t, rows, tries_dir), overwrite=True, progress=progress, choose_engine_now=False)
+                            config=_try_config(t, rows, tries_dir, allot), overwrite=True, progress=progress, choose_engine_now=False)
                 t.train_seconds = round(time.monotonic() - t0, 1)
                 t.validation, t.docs_per_second = _validation_scores(run, val_ex)
                 t.model_bytes, t.status = _model_bytes(where), "done"

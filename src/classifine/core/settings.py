@@ -48,6 +48,7 @@ class TrainerSettings(Settings):
     early_stopping_patience: AtLeast1 = 3
     gradient_checkpointing: bool = False
     logging_steps: AtLeast1 = 10
+    max_train_seconds: Positive | None = None  # stop (evaluated and saved) once training has run this long
 
 
 class InferenceSettings(BaseModel):
@@ -164,8 +165,29 @@ def trainer_callbacks(settings: TrainerSettings, run_dir: Path) -> list:
     from transformers.integrations import TensorBoardCallback
 
     tensorboard = TensorBoardCallback()
+    extra = [stop_after(settings.max_train_seconds)] if settings.max_train_seconds else []
     tensorboard.logging_dir = str(run_dir / "logs")
-    return [EarlyStoppingCallback(settings.early_stopping_patience), tensorboard]
+    return [EarlyStoppingCallback(settings.early_stopping_patience), tensorboard, *extra]
+
+
+def stop_after(seconds: float):
+    """A callback that ends training after ``seconds`` of it (``auto``'s budget): the step it stops
+    at is evaluated and saved, so the best checkpoint is chosen among everything trained."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StopAfter(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.deadline = time.monotonic() + seconds
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() > self.deadline and not control.should_training_stop:
+                control.should_training_stop = True
+                control.should_evaluate = control.should_save = True
+            return control
+
+    return StopAfter()
 
 
 def quiet_trainer(trainer, progress: bool):

@@ -32,6 +32,7 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -217,7 +218,7 @@ class Encoder:
         # the same texts through the same frozen model give the same vectors: `auto` embeds the
         # training rows once for the embed try and reuses them for the hybrid one
         key = (self.key, self.engine, hashlib.sha256("\x00".join(texts).encode()).hexdigest())
-        if key in _MEMO:
+        if _MEMO_ON[-1] and key in _MEMO:
             _MEMO.move_to_end(key)
             return _MEMO[key]
         out = self.forward(list(texts), progress=progress, desc="embed")
@@ -227,6 +228,17 @@ class Encoder:
 
 _MEMO: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 MEMO_BYTES = 1 << 30   # features kept in memory across fits in one process
+_MEMO_ON = [True]
+
+
+@contextmanager
+def fresh_features():
+    """Embed without the in-process memo (a speed measurement must not time a lookup)."""
+    _MEMO_ON.append(False)
+    try:
+        yield
+    finally:
+        _MEMO_ON.pop()
 
 
 def _remember(key: tuple, features: np.ndarray) -> None:

@@ -48,7 +48,7 @@ def test_auto_keeps_the_best_try_and_writes_the_leaderboard(toy_tasks, tmp_path,
     assert load_task(out / "task.yaml").data.test  # `classifine eval RUN` finds the test data again
     pred = classifine.load(out).predict([{"title": "goal match", "body": "striker league"}])[0]
     assert pred["label"] in run.task.label_names
-    assert not (out / "tries" / best["name"].replace(":", "-").replace("/", "_")).exists()
+    assert (out / "tries").is_dir() and not (out / "tries" / auto_mod._slug(best["name"])).exists()
 
 
 def test_auto_never_reads_test_data_before_choosing(toy_tasks, tmp_path, bert_path, monkeypatch):

@@ -57,7 +57,11 @@ def test_embed_gemma_on_the_bilingual_example(tmp_path):
     m = _metrics(out)
     assert m["n"] == 36 and m["macro_f1"] > 0.4  # chance is 1/6
     # the training texts went through ONNX Runtime; both engines give the same probabilities
-    assert Run.load(out).config["info"]["fit_engine"] == "onnx"
+    info = Run.load(out).config["info"]
+    assert info["fit_engine"] == "onnx"
+    # six depths compared on validation from one pass; the saved encoder runs only the chosen ones
+    assert len(info["layer_scores"]) == 6 and str(info["layer"]) in info["layer_scores"]
+    assert json.loads((out / "model" / "encoder" / "config.json").read_text())["num_hidden_layers"] == info["layer"]
     _engines_agree(out, ["onnx"])
 
 
@@ -80,6 +84,17 @@ def test_embed_minilm_on_english_rows(tmp_path):
     out = tmp_path / "run"
     classifine.train(EXAMPLE / "task.yaml", method="embed", model="minilm-l6", out=out,
                      train=_subset(tmp_path, "train", 20, "en"), test=_subset(tmp_path, "test", 10, "en"), progress=False)
+    assert _metrics(out)["macro_f1"] > 0.5
+
+
+def test_auto_minilm_within_its_budget(tmp_path):
+    out = tmp_path / "run"
+    run = classifine.train(EXAMPLE / "task.yaml", method="auto", budget="4m", model="minilm-l6", out=out,
+                           train=_subset(tmp_path, "train", 20, "en"), test=_subset(tmp_path, "test", 10, "en"), progress=False)
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [t["method"] for t in board["tries"]] == ["tfidf", "hybrid", "head"]
+    assert sum(t["status"] == "done" for t in board["tries"]) >= 2
+    assert run.config["auto"]["elapsed_seconds"] <= 4 * 60 * 1.1
     assert _metrics(out)["macro_f1"] > 0.5
 
 

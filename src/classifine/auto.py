@@ -33,6 +33,7 @@ from .core.task import TaskSpec, as_task
 from .errors import ClassifineError, ConfigError, DataError
 from .evaluation.report import evaluate
 from .methods import get_method
+from .methods.hybrid import _sample
 from .predict.engine import choose_engine
 from .predict.predictor import Predictor, batched_proba
 from .scoring.decision import decide
@@ -319,6 +320,30 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
         reserve = 0.05 * seconds  # the winner's engine measurement and the write-up
         probes: dict[str, Probe] = {}
 
+        def execute(t: Try, rows: int, allot: float, step: str) -> None:
+            probe = probes.get(t.model)
+            t.rows, t.estimate_seconds = rows, round(estimate(t, rows, len(val_ex), probe, tfidf_seconds), 1)
+            _say(progress, f"auto {step} {t.name} on {rows:,} rows, about {_clock(t.estimate_seconds)} "
+                           f"- {_clock(deadline - time.monotonic())} of {_clock(seconds)} left")
+            where = tries_dir / _slug(t.name)
+            path = train_file
+            if t.method == "head" and rows < len(train_ex):
+                path = _write_frame(_sample(task, train_ex, rows, seed), data_dir / f"train-{rows}.csv")
+            t0 = time.monotonic()
+            try:
+                run = train_run(blind, t.method, where, model=t.model, train=path, validation=val_file,
+                                config=_try_config(t, rows, tries_dir, allot), overwrite=True, progress=progress,
+                                choose_engine_now=False)
+                t.train_seconds = round(time.monotonic() - t0, 1)
+                t.validation, t.docs_per_second = _validation_scores(run, val_ex)
+                t.model_bytes, t.status = _model_bytes(where), "done"
+                if t.method == "hybrid":
+                    t.reason = _hybrid_note(run.config["info"], KINDS[task.kind].ranking)
+            except ClassifineError as e:
+                t.status, t.reason, t.train_seconds = "failed", e.summary, round(time.monotonic() - t0, 1)
+                log.warning("auto: %s failed: %s", t.name, e.summary)
+            _write_leaderboard(out, task, tries, facts)
+
         # --- tries ---
         runnable = [t for t in tries if t.status == "planned"]
         for i, t in enumerate(runnable):
@@ -342,31 +367,21 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
                 t.status, t.reason = "skipped", f"needs about {_clock(floor)} for {fewest} rows; {_clock(left)} of the budget was left"
                 _say(progress, f"auto: skip {t.name}: {t.reason}")
                 continue
-            t.rows, t.estimate_seconds = rows, round(estimate(t, rows, len(val_ex), probe, tfidf_seconds), 1)
-            _say(progress, f"auto [{i + 1}/{len(runnable)}] {t.name} on {rows:,} rows, about {_clock(t.estimate_seconds)} "
-                           f"- {_clock(deadline - time.monotonic())} of {_clock(seconds)} left")
-            where = tries_dir / t.name.replace(":", "-").replace("/", "_")
-            path = train_file
-            if t.method == "head" and rows < len(train_ex):
-                from .methods.hybrid import _sample
+            execute(t, rows, allot, f"[{i + 1}/{len(runnable)}]")
 
-                path = _write_frame(_sample(task, train_ex, rows, seed), data_dir / f"train-{rows}.csv")
-            t0 = time.monotonic()
-            try:
-                run = train_run(blind, t.method, where, model=t.model, train=path, validation=val_file,
-                            config=_try_config(t, rows, tries_dir, allot), overwrite=True, progress=progress, choose_engine_now=False)
-                t.train_seconds = round(time.monotonic() - t0, 1)
-                t.validation, t.docs_per_second = _validation_scores(run, val_ex)
-                t.model_bytes, t.status = _model_bytes(where), "done"
-                if t.method == "hybrid":
-                    t.reason = _hybrid_note(run.config["info"], KINDS[task.kind].ranking)
-            except ClassifineError as e:
-                t.status, t.reason, t.train_seconds = "failed", e.summary, round(time.monotonic() - t0, 1)
-                log.warning("auto: %s failed: %s", t.name, e.summary)
-            _write_leaderboard(out, task, tries, facts)
+        # --- the best model-based try again on more rows, when what is left clearly allows it ---
+        metric = KINDS[task.kind].ranking
+        done = [t for t in tries if t.status == "done"]
+        best = max(done, key=lambda t: (t.validation.get(metric, -1), t.docs_per_second or 0)) if done else None
+        if best is not None and best.method in ("hybrid", "head") and best.rows < len(train_ex):
+            more = Try(f"{best.name} (more rows)", best.method, best.model, dict(best.config))
+            left = deadline - time.monotonic() - reserve
+            rows = affordable_rows(more, left, len(train_ex), len(val_ex), probes[best.model], tfidf_seconds)
+            if rows >= min(len(train_ex), int(1.5 * best.rows)):
+                tries.append(more)
+                execute(more, rows, left, "[more rows]")
 
         # --- choose: validation only; test data has not been read ---
-        metric = KINDS[task.kind].ranking
         done = [t for t in tries if t.status == "done"]
         if not done:
             raise ConfigError("no try finished within the budget", [t.name + ": " + t.reason for t in tries])
@@ -374,7 +389,7 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
         facts["chosen"] = best.name
         _write_leaderboard(out, task, tries, facts)
         _say(progress, f"auto: chose {best.name} (validation {metric} {100 * best.validation[metric]:.2f}%)")
-        src = tries_dir / best.name.replace(":", "-").replace("/", "_")
+        src = tries_dir / _slug(best.name)
         shutil.rmtree(out / "model")
         for entry in list(src.iterdir()):
             shutil.move(str(entry), str(out / entry.name))
@@ -399,6 +414,10 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
         if test_path is not None:
             evaluate(Predictor.load(run), load_examples(run.task, test_path), out, progress=progress)
         return run
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", name).strip("-")
 
 
 def _probe_texts(texts: list[str]) -> list[str]:

@@ -98,3 +98,21 @@ def test_hybrid_refuses_bad_part_settings_at_once(toy_tasks, tmp_path, bert_path
                          config={"tfidf": {"ngram_mx": 3}, "embed": {"pooling": "max"}}, progress=False)
     assert "ngram_max" in str(e.value)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_fit_embeds_each_text_once(toy_tasks, tmp_path, deep_gemma, monkeypatch):
+    """Training, validation (candidate depths, one pass) and test rows go through the model once each:
+    the tuning pass reuses the chosen depth's validation vectors; prediction afterwards runs for real."""
+    from classifine.core import accel
+
+    seen = []
+    real = accel.Forward._run
+    monkeypatch.setattr(accel.Forward, "_run", lambda self, ids, mask: (seen.append(len(ids)), real(self, ids, mask))[1])
+    run = classifine.train(toy_tasks["single_label"], method="embed", model=deep_gemma, out=tmp_path / "r",
+                           config={"engine": "torch"}, progress=False)
+    rows = run.config["data"]
+    checked = 4 if run.config["info"]["layer"] < 4 else 0  # the cut model checked on four validation texts
+    assert sum(seen) == rows["train_rows"] + rows["validation_rows"] + checked + rows["test_rows"]
+    seen.clear()
+    classifine.load(run.dir).predict([{"title": "goal", "body": "match"}] * 3)
+    assert sum(seen) == 3

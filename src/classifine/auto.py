@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.accel import reuse_outputs
 from .core.data import check_trainable, load_examples, split_validation
 from .core.models import resolve
 from .core.runs import Run, atomic_write_json, atomic_write_text, atomic_write_yaml, run_lock, write_manifest
@@ -149,8 +150,8 @@ def estimate(t: Try, rows: int, n_val: int, probe: Probe | None, tfidf_seconds: 
     if t.method == "tfidf":
         return tfidf_seconds
     r = probe.docs_per_second
-    if t.method == "hybrid":  # embed train + validation once, validation again with the cut model; TF-IDF is reused
-        return probe.load_seconds + (rows + 2 * n_val) / r + 10
+    if t.method == "hybrid":  # train + validation embedded once (reused by the tuning); TF-IDF is reused
+        return probe.load_seconds + (rows + n_val + SPEED_ROWS) / r + 15
     epochs = float(t.config.get("epochs", 2))
     return probe.load_seconds + epochs * (TRAIN_COST * rows + n_val) / r + n_val / r + 20
 
@@ -207,12 +208,10 @@ def _model_bytes(run_dir: Path) -> int:
 def _validation_scores(run: Run, val_ex) -> tuple[dict, float]:
     """The try's metrics on validation with its tuned decisions, and its docs/s (PyTorch, on up to
     ``SPEED_ROWS`` validation texts embedded afresh: features reused from training would time a lookup)."""
-    from .methods.embed import fresh_features
-
     predictor = Predictor.load(run, engine="torch")
-    probs = batched_proba(predictor, val_ex.texts, progress=False)
+    probs = batched_proba(predictor, val_ex.texts, progress=False)  # the fit's validation vectors, reused
     sample = val_ex.texts[:SPEED_ROWS]
-    with fresh_features():
+    with reuse_outputs(False):
         t0 = time.perf_counter()
         batched_proba(predictor, sample, progress=False)
         rate = len(sample) / max(time.perf_counter() - t0, 1e-6)
@@ -331,11 +330,12 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
                 path = _write_frame(_sample(task, train_ex, rows, seed), data_dir / f"train-{rows}.csv")
             t0 = time.monotonic()
             try:
-                run = train_run(blind, t.method, where, model=t.model, train=path, validation=val_file,
-                                config=_try_config(t, rows, tries_dir, allot), overwrite=True, progress=progress,
-                                choose_engine_now=False)
-                t.train_seconds = round(time.monotonic() - t0, 1)
-                t.validation, t.docs_per_second = _validation_scores(run, val_ex)
+                with reuse_outputs():
+                    run = train_run(blind, t.method, where, model=t.model, train=path, validation=val_file,
+                                    config=_try_config(t, rows, tries_dir, allot), overwrite=True, progress=progress,
+                                    choose_engine_now=False)
+                    t.train_seconds = round(time.monotonic() - t0, 1)
+                    t.validation, t.docs_per_second = _validation_scores(run, val_ex)
                 t.model_bytes, t.status = _model_bytes(where), "done"
                 if t.method == "hybrid":
                     t.reason = _hybrid_note(run.config["info"], KINDS[task.kind].ranking)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .core.accel import reuse_outputs
 from .core.data import check_trainable, label_stats, load_examples, split_validation
 from .core.models import describe, resolve
 from .core.runs import (Run, atomic_write_text, atomic_write_yaml, barrier, fit_dir, hardware, library_versions,
@@ -92,41 +93,44 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
         barrier()
         run_dir = Path(out)
 
-        # --- train ---
-        t0 = time.time()
-        with fit_dir(run_dir) as where:
-            info = module.fit(task, train_ex, val_ex, settings, model, where, progress=progress, resume=resume)
-        train_seconds = time.time() - t0
-        if rank != 0:
-            barrier()  # rank 0 saves, tunes and evaluates
-            return Run.load(run_dir)
+        # frozen-model outputs computed while fitting (the validation vectors) serve the tuning pass;
+        # the engine choice after this block times real forward passes
+        with reuse_outputs():
+            # --- train ---
+            t0 = time.time()
+            with fit_dir(run_dir) as where:
+                info = module.fit(task, train_ex, val_ex, settings, model, where, progress=progress, resume=resume)
+            train_seconds = time.time() - t0
+            if rank != 0:
+                barrier()  # rank 0 saves, tunes and evaluates
+                return Run.load(run_dir)
 
-        # --- save: configuration first, so the run loads; then decisions tuned on validation ---
-        data = {"test": str(test_path) if test_path else None, "test_rows": len(test_ex) if test_ex else 0}
-        if module.TRAINS:
-            data = {"train": str(train_path), "validation": str(val_path) if val_path else "held out from train",
-                    **data, "train_rows": len(train_ex), "validation_rows": len(val_ex)}
-        record = {
-            "method": method, "model": model, "model_info": describe(model) if model else None,
-            "config": settings.model_dump(mode="json"), "seed": settings.seed, "data": data,
-            "label_stats": stats, "budget": budget, "warnings": (train_ex.warnings + val_ex.warnings) if train_ex else [],
-            "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(), "hardware": hardware(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        atomic_write_yaml(run_dir / "config.yaml", record)
-        run = Run.load(run_dir, partial_ok=True)
-        predictor = Predictor.load(run, engine="torch")  # tuned on fp32 PyTorch; the engine is chosen after
-        predictor.decision = {}  # decisions are tuned on the model's own probabilities, never on adjusted ones
-        if task.kind != "extraction" and val_ex is not None:
-            # class_weight none = no imbalance handling at all, so no class offsets either
-            decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,
-                                     calibrate=getattr(settings, "calibrate", True), offsets=settings.class_weight != "none")
-            fold = getattr(module, "fold_decision", None)
-            if fold is not None:  # head runs: into the classifier layer, so plain transformers answers the same
-                decision = fold(run.model_dir, task, decision)
-            save_decision(run.model_dir, decision)
-            predictor = Predictor.load(run, engine="torch") if fold is not None else predictor
-            predictor.decision = read_decision(run.model_dir)
+            # --- save: configuration first, so the run loads; then decisions tuned on validation ---
+            data = {"test": str(test_path) if test_path else None, "test_rows": len(test_ex) if test_ex else 0}
+            if module.TRAINS:
+                data = {"train": str(train_path), "validation": str(val_path) if val_path else "held out from train",
+                        **data, "train_rows": len(train_ex), "validation_rows": len(val_ex)}
+            record = {
+                "method": method, "model": model, "model_info": describe(model) if model else None,
+                "config": settings.model_dump(mode="json"), "seed": settings.seed, "data": data,
+                "label_stats": stats, "budget": budget, "warnings": (train_ex.warnings + val_ex.warnings) if train_ex else [],
+                "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(), "hardware": hardware(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            atomic_write_yaml(run_dir / "config.yaml", record)
+            run = Run.load(run_dir, partial_ok=True)
+            predictor = Predictor.load(run, engine="torch")  # tuned on fp32 PyTorch; the engine is chosen after
+            predictor.decision = {}  # decisions are tuned on the model's own probabilities, never on adjusted ones
+            if task.kind != "extraction" and val_ex is not None:
+                # class_weight none = no imbalance handling at all, so no class offsets either
+                decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,
+                                         calibrate=getattr(settings, "calibrate", True), offsets=settings.class_weight != "none")
+                fold = getattr(module, "fold_decision", None)
+                if fold is not None:  # head runs: into the classifier layer, so plain transformers answers the same
+                    decision = fold(run.model_dir, task, decision)
+                save_decision(run.model_dir, decision)
+                predictor = Predictor.load(run, engine="torch") if fold is not None else predictor
+                predictor.decision = read_decision(run.model_dir)
         # the inference engine, measured on validation against fp32 PyTorch (predict/engine.py)
         wanted = getattr(settings, "engine", "torch") if choose_engine_now else "torch"
         if choose_engine(run, val_ex, wanted).get("engine", "torch") != "torch":

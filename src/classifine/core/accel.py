@@ -25,6 +25,8 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -225,8 +227,9 @@ class Forward:
     ``(input_ids, attention_mask)``, built only when needed) or by its ONNX graph in ``folder``."""
 
     def __init__(self, tokenizer, max_length: int, module_factory, engine: str = "torch", folder: Path | None = None,
-                 prefix: str = ""):
+                 prefix: str = "", memo_key: str | None = None):
         self.tokenizer, self.max_length, self.prefix, self.engine = tokenizer, max_length, prefix, engine
+        self.memo_key = memo_key  # identity of the graph (model, pooling, depth...): outputs may be reused
         self.max_tokens, self.max_rows = MAX_BATCH_TOKENS, MAX_BATCH_ROWS
         self._factory, self._module = module_factory, None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -255,6 +258,10 @@ class Forward:
 
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
+        key = _memo_key(self, texts)
+        if key is not None and key in _MEMO:
+            _MEMO.move_to_end(key)
+            return _MEMO[key]
         seqs = self.tokenizer([self.prefix + t for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
         out = None
         for idx in tqdm(token_batches([len(s) for s in seqs], self.max_tokens, self.max_rows), desc=desc, unit="batch", disable=not progress):
@@ -262,7 +269,53 @@ class Forward:
             if out is None:
                 out = np.zeros((len(texts), *rows.shape[1:]), dtype=np.float32)
             out[idx] = rows
+        if key is not None:
+            _store(key, out)
         return out
+
+
+# --- outputs reused within one fit ------------------------------------------------------------
+# A frozen model gives the same vectors for the same texts: inside ``reuse_outputs()`` (a fit, the
+# tuning pass after it) they are computed once. Off everywhere else, so prediction, serving and
+# every speed measurement run the model for real.
+_MEMO: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+MEMO_BYTES = 1 << 30
+_REUSE = [False]
+
+
+@contextmanager
+def reuse_outputs(on: bool = True):
+    """Within the block, outputs of the same graph for the same texts are computed once
+    (``on=False``: a block inside one that runs the model for real, e.g. to time it)."""
+    _REUSE.append(on)
+    try:
+        yield
+    finally:
+        _REUSE.pop()
+        if not any(_REUSE):
+            _MEMO.clear()
+
+
+def _memo_key(forward: "Forward", texts: list[str]) -> tuple | None:
+    if not _REUSE[-1] or forward.memo_key is None:
+        return None
+    return forward.memo_key, forward.engine, hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+
+
+def _store(key: tuple, out: np.ndarray) -> None:
+    if out.nbytes > MEMO_BYTES // 2:
+        return
+    _MEMO[key] = out
+    while sum(a.nbytes for a in _MEMO.values()) > MEMO_BYTES:
+        _MEMO.popitem(last=False)
+
+
+def remember(forward: "Forward", texts: list[str], out: np.ndarray) -> None:
+    """Record ``out`` as ``forward``'s outputs for ``texts`` (vectors known to be the same, e.g. a
+    chosen layer's from a pass over several), for the rest of the ``reuse_outputs`` block."""
+    key = _memo_key(forward, list(texts))
+    if key is not None and len(texts):
+        _store(key, np.asarray(out, dtype=np.float32))
 
 
 def onnx_cache(key: str) -> Path:

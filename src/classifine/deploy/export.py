@@ -32,6 +32,8 @@ OTHER_METHODS = {
     "tfidf": "tfidf runs load with scikit-learn + numpy from model/ as they are (README.md, 'Load runs without classifine')",
     "embed": "embed runs hold a sentence-transformers folder (model/encoder) and a linear head in safetensors "
              "(README.md, 'Load runs without classifine')",
+    "hybrid": "hybrid runs are a tfidf run and an embed run (model/tfidf/model, model/embed/model) whose "
+              "log-probabilities are blended with the weight in model/hybrid.json; each part loads as README.md says",
 }
 
 

@@ -25,14 +25,11 @@ keeps only the name, as runs made before this folder existed, which still load b
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections import OrderedDict
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -40,7 +37,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..core.accel import Forward, cache_key, onnx_cache, onnx_missing, read_choice, requested
+from ..core.accel import Forward, cache_key, onnx_cache, onnx_missing, read_choice, remember, requested, reuse_outputs
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
 from ..core.models import is_decoder, resolve
@@ -199,7 +196,7 @@ class Encoder:
                         (src / "config.json").read_text() if (src / "config.json").is_file() else path,
                         files=_weight_files(src) if src.is_dir() else [])
         self.key = key
-        self.forward = Forward(self.tokenizer, max_length, module, engine, onnx_cache(key), prefix)
+        self.forward = Forward(self.tokenizer, max_length, module, engine, onnx_cache(key), prefix, memo_key=key)
         if batch_size:
             self.forward.max_rows = batch_size
 
@@ -215,38 +212,7 @@ class Encoder:
         if not texts:
             shape = (0, len(self.candidates), self.dim) if self.candidates else (0, self.dim)
             return np.zeros(shape, dtype=np.float32)
-        # the same texts through the same frozen model give the same vectors: `auto` embeds the
-        # training rows once for the embed try and reuses them for the hybrid one
-        key = (self.key, self.engine, hashlib.sha256("\x00".join(texts).encode()).hexdigest())
-        if _MEMO_ON[-1] and key in _MEMO:
-            _MEMO.move_to_end(key)
-            return _MEMO[key]
-        out = self.forward(list(texts), progress=progress, desc="embed")
-        _remember(key, out)
-        return out
-
-
-_MEMO: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
-MEMO_BYTES = 1 << 30   # features kept in memory across fits in one process
-_MEMO_ON = [True]
-
-
-@contextmanager
-def fresh_features():
-    """Embed without the in-process memo (a speed measurement must not time a lookup)."""
-    _MEMO_ON.append(False)
-    try:
-        yield
-    finally:
-        _MEMO_ON.pop()
-
-
-def _remember(key: tuple, features: np.ndarray) -> None:
-    if features.nbytes > MEMO_BYTES // 2:
-        return
-    _MEMO[key] = features
-    while sum(a.nbytes for a in _MEMO.values()) > MEMO_BYTES:
-        _MEMO.popitem(last=False)
+        return self.forward(list(texts), progress=progress, desc="embed")
 
 
 @lru_cache(maxsize=2)
@@ -304,6 +270,12 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
         head = make_head(task.kind, C, config.class_weight)
         return fit_head(head, task.kind, X, y, task.label_names, Xv, y_val)
 
+    with reuse_outputs():  # auto's hybrid try embeds the same rows as its embed part: once
+        return _fit(task, train, validation, config, model, model_dir, progress, choose, head_for)
+
+
+def _fit(task, train, validation, config, model, model_dir, progress, choose, head_for) -> dict:
+    y_val = validation.labels if validation is not None else None
     facts: dict = {}
     C = 1.0 if config.C == "auto" else config.C
     if config.layer == "auto" and choose:
@@ -337,6 +309,11 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     (model_dir / "encoder.json").write_text(json.dumps(meta, indent=1))
     if saved:
         _encoder.cache_clear()  # prediction loads the run's own folder: don't hold the base model twice
+        # the cut model's vectors are the chosen depth's (checked above): the pipeline's tuning pass
+        # over validation, right after this, need not run the model again
+        own = _encoder_for(str(model_dir / ENCODER), final)
+        if validation is not None:
+            remember(own.forward, validation.texts, X_val)
     return {"embedding_dim": encoder.dim, "pooling": encoder.pooling, "decoder": encoder.decoder, "fit_engine": encoder.engine,
             "layer": layers, "depth": depth, "C": C, **facts, **({"encoder_weights": saved} if saved else {})}
 

@@ -126,3 +126,14 @@ def test_max_train_seconds_stops_the_trainer_and_keeps_a_checkpoint(toy_tasks, t
     state = json.loads(next((tmp_path / "h" / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
     assert state["epoch"] < 50, "training ran to the end despite the time limit"
     assert run.config["info"]["best_checkpoint"]
+
+
+def test_a_finished_hybrid_corrects_the_model_estimate():
+    probe = object.__new__(auto_mod.Probe)
+    probe.docs_per_second, probe.load_seconds = 5.0, 80.0  # a slow first probe, export included
+    t = auto_mod.Try("hybrid:m", "hybrid", "m", rows=1000, status="done", train_seconds=115.0)
+    probe.learn(t, 500)
+    assert probe.docs_per_second == pytest.approx(1500 / 100) and probe.load_seconds == 15.0
+    before = probe.docs_per_second
+    probe.learn(auto_mod.Try("head:m", "head", "m", rows=10, status="done", train_seconds=500.0), 500)
+    assert probe.docs_per_second == before  # a head try's time is training, not embedding

@@ -63,6 +63,15 @@ def test_selection_score_tunes_multi_label_thresholds():
     assert selection_score(task, gold, probs) == pytest.approx(1.0)
 
 
+def test_log_loss():
+    from classifine.scoring.metrics import log_loss
+
+    p = np.array([[0.5, 0.5], [0.9, 0.1]])
+    assert log_loss(p, ["a", "a"], ["a", "b"]) == pytest.approx(-(np.log(0.5) + np.log(0.9)) / 2)
+    assert log_loss(p, [["a"], []], ["a", "b"], multi_label=True) == pytest.approx(
+        -(np.log(0.5) + np.log(0.5) + np.log(0.1) + np.log(0.9)) / 4)
+
+
 def test_blend_ends_are_the_parts():
     a = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     b = np.array([[0.2, 0.5, 0.3], [0.3, 0.3, 0.4]])
@@ -79,9 +88,9 @@ def test_hybrid_is_never_worse_than_its_parts_on_validation(toy_tasks, tmp_path,
     run = classifine.train(toy_tasks[kind], method="hybrid", model=bert_path, out=tmp_path / "r",
                            config={"embed_rows": 40, "embed": {"layer": "last"}}, progress=False)
     info = run.config["info"]
-    scores = {float(w): s for w, s in info["validation_scores"].items()}
-    assert sorted(scores) == list(WEIGHTS)
-    assert scores[info["weight"]] >= max(scores[0.0], scores[1.0])
+    losses = {float(w): v for w, v in info["validation_log_loss"].items()}
+    assert sorted(losses) == list(WEIGHTS) and sorted(map(float, info["validation_scores"])) == list(WEIGHTS)
+    assert losses[info["weight"]] == min(losses.values()) <= min(losses[0.0], losses[1.0])
     assert info["parts"]["embed"]["train_rows"] == 40
     assert info["parts"]["tfidf"]["train_rows"] == run.config["data"]["train_rows"]
     # the run's probabilities are the blend of its two parts, each loadable by its own method

@@ -4,8 +4,11 @@ The two parts see a text differently: character n-grams keep every surface form 
 the training set (in seconds), a frozen language model knows words the training set never showed
 but, on a CPU, sees only as many rows as the budget embeds. Their log-probabilities (logits for
 multi-label) are averaged with weight ``w`` on TF-IDF, ``w`` chosen on validation from 0, 0.1, ...,
-1 by the kind's ranking metric, so on validation the blend is never worse than either part alone
-(w = 1 is the TF-IDF part, w = 0 the embed part). Measured gains and losses: BENCHMARKS.md.
+1 by log-loss, so on validation the blend is never less likely than either part alone (w = 1 is
+the TF-IDF part, w = 0 the embed part). Log-loss, not macro-F1: the blend is a probability model,
+and on a thousand validation rows with a rare class the argmax metric moved by noise (a weight
+chosen by validation macro-F1 won 2 points there and lost 1.8 on test; BENCHMARKS.md). The
+macro-F1 of every weight is recorded beside it.
 
 Each part is an ordinary run of its method, written by that method under ``model/<part>/model``
 and loaded by its own ``Scorer``: the hybrid composes methods through the ``Method`` protocol and
@@ -26,6 +29,7 @@ from ..core.settings import InferenceSettings, Settings
 from ..core.task import TaskSpec
 from ..scoring.decision import softmax
 from ..scoring.kinds import selection_score
+from ..scoring.metrics import log_loss
 
 KINDS = ("single_label", "multi_label", "ordinal")
 REFUSED = {"extraction": "a blend of whole-text classifiers cannot name entities: use method sft for extraction"}
@@ -136,17 +140,22 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
         info[part] = get_method(part).fit(task, rows[part], validation, parts[part], model if part == "embed" else None,
                                           model_dir / part, progress=progress, resume=resume)
         info[part]["train_rows"] = len(rows[part])
-    scores = {}
+    scores, losses = {}, {}
     weight = 0.5 if config.weight == "auto" else float(config.weight)
-    if config.weight == "auto" and validation is not None and len(validation):
+    if validation is not None and len(validation):
         probs = [get_method(p).Scorer.load(model_dir / p / "model").predict_proba(validation.texts) for p in PARTS]
-        scores = {w: selection_score(task, validation.labels, blend(task.kind, probs, w)) for w in WEIGHTS}
-        top = max(scores.values())
-        # near-ties go to the weight nearest an even blend: two views of a text generalise better than one
-        weight = min((w for w, s in scores.items() if s >= top - 1e-3), key=lambda w: abs(w - 0.5))
-    meta = {"parts": list(PARTS), "kind": task.kind, "weight": weight, "validation_scores": {str(w): round(s, 4) for w, s in scores.items()}}
+        for w in WEIGHTS:
+            mixed = blend(task.kind, probs, w)
+            scores[w] = selection_score(task, validation.labels, mixed)
+            losses[w] = log_loss(mixed, validation.labels, task.label_names, task.kind == "multi_label")
+        if config.weight == "auto":
+            weight = min(WEIGHTS, key=lambda w: (round(losses[w], 6), abs(w - 0.5)))
+    meta = {"parts": list(PARTS), "kind": task.kind, "weight": weight, "chosen_by": "validation log-loss",
+            "validation_scores": {str(w): round(s, 4) for w, s in scores.items()},
+            "validation_log_loss": {str(w): round(v, 5) for w, v in losses.items()}}
     (model_dir / META).write_text(json.dumps(meta, indent=1))
-    return {"weight": weight, "validation_scores": meta["validation_scores"], "parts": info}
+    return {"weight": weight, "validation_scores": meta["validation_scores"],
+            "validation_log_loss": meta["validation_log_loss"], "parts": info}
 
 
 class Scorer:

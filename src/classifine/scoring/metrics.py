@@ -112,6 +112,17 @@ def ordinal(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str],
     return out
 
 
+def log_loss(probs: np.ndarray, gold: Sequence, labels: Sequence[str], multi_label: bool = False) -> float:
+    """Mean negative log-likelihood of the gold answers: of the gold label (single-label, ordinal),
+    or of every label's on/off (multi-label, binary cross-entropy averaged over labels)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+    if multi_label:
+        Y = np.array([[lab in g for lab in labels] for g in gold], dtype=np.float64)
+        return float(-np.mean(Y * np.log(p) + (1 - Y) * np.log(1 - p)))
+    idx = np.array([list(labels).index(g) for g in gold])
+    return float(-np.mean(np.log(p[np.arange(len(idx)), idx])))
+
+
 def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> dict:
     """ECE with equal-width bins over the top-label confidence, plus the reliability curve."""
     conf = np.asarray(confidence, dtype=float)

@@ -137,3 +137,26 @@ def test_a_finished_hybrid_corrects_the_model_estimate():
     before = probe.docs_per_second
     probe.learn(auto_mod.Try("head:m", "head", "m", rows=10, status="done", train_seconds=500.0), 500)
     assert probe.docs_per_second == before  # a head try's time is training, not embedding
+
+
+def test_a_try_that_cannot_run_holds_back_no_share(toy_tasks, tmp_path, bert_path, monkeypatch):
+    """A head try whose 200-row minimum could never fit leaves its share to the hybrid before it."""
+    class Probe:
+        def __init__(self, *a, **k):
+            # all 540 training rows fit the budget left, not the two-thirds a head try would hold back
+            self.docs_per_second, self.load_seconds, self.engine = 7.0, 1.0, "torch"
+
+        def learn(self, t, n_val):
+            pass
+
+    from toy import write_task
+
+    monkeypatch.setattr(auto_mod, "Probe", Probe)
+    monkeypatch.setattr(auto_mod, "TRAIN_COST", 1e4)  # training costs 10,000 passes per row: never fits
+    spec = write_task(tmp_path / "t", "single_label", n_train=600, n_test=10)
+    run = classifine.train(spec, method="auto", out=tmp_path / "a", budget="3m", model=bert_path, progress=False)
+    board = {t["method"]: t for t in json.loads((tmp_path / "a" / "leaderboard.json").read_text())["tries"]}
+    assert board["head"]["status"] == "skipped"
+    assert board["hybrid"]["rows"] == run.config["auto"]["train_rows"]  # the whole share, so every row
+    assert auto_mod.could_run(auto_mod.Try("head:m", "head", "m"), 1e9, Probe(), 1000, 100)
+    assert not auto_mod.could_run(auto_mod.Try("head:m", "head", "m"), 60, Probe(), 1000, 100)

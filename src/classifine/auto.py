@@ -164,6 +164,14 @@ def estimate(t: Try, rows: int, n_val: int, probe: Probe | None, tfidf_seconds: 
     return probe.load_seconds + epochs * (TRAIN_COST * rows + n_val) / r + n_val / r + 20
 
 
+def could_run(t: Try, left: float, probe: Probe | None, n_train: int, n_val: int) -> bool:
+    """Whether a later try could fit in what is left at all, as far as is known now (a model not yet
+    probed might): only those hold back a share of the budget for it."""
+    if t.method == "tfidf" or probe is None:
+        return True
+    return estimate(t, min(MIN_ROWS, n_train), n_val, probe, 0.0) * SAFETY <= left
+
+
 def affordable_rows(t: Try, seconds: float, n_train: int, n_val: int, probe: Probe | None, tfidf_seconds: float) -> int:
     """The most training rows whose estimate fits in ``seconds``."""
     if t.method == "tfidf":
@@ -360,7 +368,8 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
                 probes[t.model] = Probe(t.model, _probe_texts(train_ex.texts), _max_length(task, t.model, train_ex))
             probe = probes.get(t.model)
             left = deadline - time.monotonic() - reserve
-            later = [u for u in runnable[i + 1:] if u.status == "planned"]
+            later = [u for u in runnable[i + 1:]
+                     if u.status == "planned" and could_run(u, left, probes.get(u.model), len(train_ex), len(val_ex))]
             share = left if not later else left * t.weight / (t.weight + sum(u.weight for u in later))
             if t.model and probe is None:
                 t.status, t.reason = "skipped", f"{_clock(left)} left: too little to load {t.model}"

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -48,7 +50,7 @@ def run(name: str, budget: str) -> dict:
     run = classifine.train(spec, method="auto", budget=budget, out=WORK / name / f"auto-{budget}", overwrite=True, progress=True)
     auto_wall = time.time() - t1
     board = json.loads((run.dir / "leaderboard.json").read_text())
-    tfidf_record = json.loads(json.dumps(__import__("yaml").safe_load((WORK / name / "tfidf" / "config.yaml").read_text())))
+    tfidf_record = yaml.safe_load((WORK / name / "tfidf" / "config.yaml").read_text())
     return {"dataset": name, "budget": budget, "kind": run.task.kind,
             "tfidf": {**_metrics(WORK / name / "tfidf"), "train_rows": tfidf_record["data"]["train_rows"],
                       "train_seconds": tfidf_record["train_seconds"], "wall_seconds": round(tfidf_wall, 1)},
@@ -78,10 +80,13 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("datasets", nargs="*", choices=list(TASKS))
+    ap.add_argument("datasets", nargs="*", help=f"any of: {', '.join(TASKS)}")
     ap.add_argument("--budget", default="30m")
     ap.add_argument("--table", action="store_true")
     args = ap.parse_args()
+    unknown = [d for d in args.datasets if d not in TASKS]  # argparse's choices refuse an empty list
+    if unknown:
+        ap.error(f"unknown datasets {unknown}; choose from {', '.join(TASKS)}")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for name in args.datasets:
         r = run(name, args.budget)

@@ -27,14 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from .core.accel import reuse_outputs
-from .core.data import check_trainable, load_examples, split_validation
+from .core.data import check_trainable, load_examples, sample_rows, split_validation
 from .core.models import resolve
 from .core.runs import Run, atomic_write_json, atomic_write_text, atomic_write_yaml, run_lock, write_manifest
 from .core.task import TaskSpec, as_task
 from .errors import ClassifineError, ConfigError, DataError
 from .evaluation.report import evaluate
 from .methods import get_method
-from .methods.hybrid import _sample
 from .predict.engine import choose_engine
 from .predict.predictor import Predictor, batched_proba
 from .scoring.decision import decide
@@ -120,17 +119,12 @@ class Probe:
     """A model's measured speed on this machine: texts per second through its frozen forward pass,
     and what loading (and exporting) it cost."""
 
-    def __init__(self, model: str, texts: list[str], max_length: int):
-        from .methods.embed import Encoder, candidate_layers, _depth
+    def __init__(self, model: str, texts: list[str], config):
+        from .methods.embed import _depth, candidate_layers, fit_encoder
 
         t0 = time.perf_counter()
-        engine = "onnx" if not _onnx_missing() else "torch"
-        try:
-            encoder = Encoder(model, max_length=max_length, engine=engine,
-                              candidates=tuple(candidate_layers(_depth(resolve(model)))))
-        except ClassifineError:
-            encoder = Encoder(model, max_length=max_length, engine="torch",
-                              candidates=tuple(candidate_layers(_depth(resolve(model)))))
+        # the encoder the hybrid's embed part fits with (cached there): ONNX where it exports
+        encoder = fit_encoder(model, config, tuple(candidate_layers(_depth(resolve(model)))))
         encoder.forward(texts[:16])  # warm-up: first calls (allocations, new shapes) are not the steady rate
         self.load_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -145,12 +139,6 @@ class Probe:
             spent = max(t.train_seconds - 15, 1.0)
             self.docs_per_second = (t.rows + n_val) / spent
             self.load_seconds = min(self.load_seconds, 15.0)
-
-
-def _onnx_missing() -> list[str]:
-    from .core.accel import onnx_missing
-
-    return onnx_missing()
 
 
 def estimate(t: Try, rows: int, n_val: int, probe: Probe | None, tfidf_seconds: float) -> float:
@@ -189,22 +177,23 @@ def affordable_rows(t: Try, seconds: float, n_train: int, n_val: int, probe: Pro
 def _tfidf_seconds(task: TaskSpec, train_ex, val_ex) -> float:
     """TF-IDF's fit time on all rows, extrapolated from a fit on a sample (slightly worse than
     linear: the vocabulary and the solver's iterations grow with the rows)."""
+    import tempfile
+
     from .methods import build_config
-    from .methods.tfidf import _vectorizer
-    from .methods.linear import fit_head, make_head
 
     n = min(len(train_ex), 500)
     idx = np.random.default_rng(0).choice(len(train_ex), n, replace=False)
     part = train_ex.subset(sorted(int(i) for i in idx))
-    config = build_config(get_method("tfidf"), "tfidf", {}, task.label_names)
-    t0 = time.perf_counter()
-    vec = _vectorizer(config)
-    X = vec.fit_transform(part.texts)
-    try:
-        fit_head(make_head(task.kind, config.C, config.class_weight), task.kind, X, part.labels, task.label_names)
-    except ValueError:  # a sample with one class: the time is still the time
-        pass
-    seconds = time.perf_counter() - t0
+    method = get_method("tfidf")
+    config = build_config(method, "tfidf", {}, task.label_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "model").mkdir()
+        t0 = time.perf_counter()
+        try:
+            method.fit(task, part, None, config, None, Path(tmp), progress=False)
+        except ValueError:  # a sample with one class: the time is still the time
+            pass
+        seconds = time.perf_counter() - t0
     return 2.0 + seconds * (len(train_ex) / n) ** 1.2 + 2 * seconds * len(val_ex) / n
 
 
@@ -343,7 +332,7 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
             where = tries_dir / _slug(t.name)
             path = train_file
             if t.method == "head" and rows < len(train_ex):
-                path = _write_frame(_sample(task, train_ex, rows, seed), data_dir / f"train-{rows}.csv")
+                path = _write_frame(sample_rows(task, train_ex, rows, seed), data_dir / f"train-{rows}.csv")
             t0 = time.monotonic()
             try:
                 with reuse_outputs():
@@ -365,7 +354,7 @@ def auto(task: TaskSpec | str | Path | dict, out: str | Path, budget: str | floa
         for i, t in enumerate(runnable):
             left = deadline - time.monotonic() - reserve
             if t.model and t.model not in probes and left > 30:
-                probes[t.model] = Probe(t.model, _probe_texts(train_ex.texts), _max_length(task, t.model, train_ex))
+                probes[t.model] = Probe(t.model, _probe_texts(train_ex.texts), _embed_config(task, t.model, train_ex))
             probe = probes.get(t.model)
             left = deadline - time.monotonic() - reserve
             later = [u for u in runnable[i + 1:]
@@ -444,9 +433,9 @@ def _probe_texts(texts: list[str]) -> list[str]:
     return [texts[i] for i in rng.choice(len(texts), min(PROBE_ROWS, len(texts)), replace=False)]
 
 
-def _max_length(task: TaskSpec, model: str, train_ex) -> int:
-    from .core.budget import plan_for_encoder
+def _embed_config(task: TaskSpec, model: str, train_ex):
+    """The embed settings a hybrid try starts from, max_length read from the data as ``embed`` does."""
     from .methods import build_config
 
-    config = build_config(get_method("embed"), "embed", {}, task.label_names)
-    return plan_for_encoder(model, train_ex.texts, config, training=False)["max_length"]
+    method = get_method("embed")
+    return method.prepare(task, train_ex, build_config(method, "embed", {}, task.label_names), model)[0]

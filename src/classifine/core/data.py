@@ -248,6 +248,19 @@ def stratify_key(task: TaskSpec, labels: list) -> list[str]:
     return [x[0] if x else "" for x in labels]
 
 
+def sample_rows(task: TaskSpec, examples: Examples, rows: int | None, seed: int = 13) -> Examples:
+    """A stratified sample of ``rows`` rows (by the whole label set), or all of them."""
+    if rows is None or rows >= len(examples):
+        return examples
+    from sklearn.model_selection import train_test_split
+
+    strata = [json.dumps(y) if isinstance(y, list) else y for y in examples.labels]
+    counts = Counter(strata)
+    stratify = strata if min(counts.values()) >= 2 and rows >= len(counts) else None
+    keep, _ = train_test_split(np.arange(len(examples)), train_size=rows, stratify=stratify, random_state=seed)
+    return examples.subset(sorted(int(i) for i in keep))
+
+
 def split_validation(task: TaskSpec, examples: Examples, fraction: float = 0.1, seed: int = 13) -> tuple[Examples, Examples]:
     """Hold out a stratified validation split when the user gave none."""
     from sklearn.model_selection import train_test_split

@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..core.accel import Forward, cache_key, onnx_cache, onnx_missing, read_choice, remember, requested, reuse_outputs
+from ..core.accel import Forward, cache_key, onnx_cache, onnx_missing, read_choice, remember, requested
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
 from ..core.models import is_decoder, resolve
@@ -173,12 +173,7 @@ class Encoder:
 
             kwargs = {}
             if self.layers < self.depth:
-                cut = AutoConfig.from_pretrained(path)
-                text = cut.get_text_config() if hasattr(cut, "get_text_config") else cut
-                text.num_hidden_layers = self.layers
-                if isinstance(getattr(text, "layer_types", None), list):
-                    text.layer_types = text.layer_types[: self.layers]
-                kwargs["config"] = cut
+                kwargs["config"] = type(config).from_dict(cut_config(config.to_dict(), self.layers))
             before = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()  # a cut model leaves the deeper layers' weights unread: not news
             try:
@@ -195,7 +190,6 @@ class Encoder:
         key = cache_key(self.pooling, normalize, self.layers, self.candidates,
                         (src / "config.json").read_text() if (src / "config.json").is_file() else path,
                         files=_weight_files(src) if src.is_dir() else [])
-        self.key = key
         self.forward = Forward(self.tokenizer, max_length, module, engine, onnx_cache(key), prefix, memo_key=key)
         if batch_size:
             self.forward.max_rows = batch_size
@@ -228,7 +222,7 @@ def _encoder_for(model: str, config: Config, engine: str = "torch", candidates: 
                     None if candidates else layers, candidates)
 
 
-def _fit_engine(model: str, config: Config, candidates: tuple[int, ...] | None = None) -> Encoder:
+def fit_encoder(model: str, config: Config, candidates: tuple[int, ...] | None = None) -> Encoder:
     """The encoder that embeds the training texts: ONNX Runtime where the settings allow it and the
     graph exports (it matches PyTorch to 1e-4, checked at export), else PyTorch."""
     wanted = "onnx" if config.engine == "auto" else config.engine
@@ -270,17 +264,11 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
         head = make_head(task.kind, C, config.class_weight)
         return fit_head(head, task.kind, X, y, task.label_names, Xv, y_val)
 
-    with reuse_outputs():  # auto's hybrid try embeds the same rows as its embed part: once
-        return _fit(task, train, validation, config, model, model_dir, progress, choose, head_for)
-
-
-def _fit(task, train, validation, config, model, model_dir, progress, choose, head_for) -> dict:
-    y_val = validation.labels if validation is not None else None
     facts: dict = {}
     C = 1.0 if config.C == "auto" else config.C
     if config.layer == "auto" and choose:
         # one forward pass, every candidate depth pooled from it; a head per depth, kept on validation
-        encoder = _fit_engine(model, config, tuple(candidate_layers(_depth(resolve(model)))))
+        encoder = fit_encoder(model, config, tuple(candidate_layers(_depth(resolve(model)))))
         Xs, Xs_val = encoder.encode(train.texts, progress=progress), encoder.encode(validation.texts, progress=progress)
         scores = {k: selection_score(task, y_val, head_for(Xs[:, i], Xs_val[:, i], C).predict_proba(Xs_val[:, i]))
                   for i, k in enumerate(encoder.candidates)}
@@ -290,7 +278,7 @@ def _fit(task, train, validation, config, model, model_dir, progress, choose, he
         facts["layer_scores"] = {str(k): round(v, 4) for k, v in scores.items()}
         depth = encoder.depth
     else:
-        encoder = _fit_engine(model, config)
+        encoder = fit_encoder(model, config)
         X = encoder.encode(train.texts, progress=progress)
         X_val = encoder.encode(validation.texts, progress=progress) if validation is not None else None
         layers, depth = encoder.layers, encoder.depth

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from ..core.accel import read_choice, requested
-from ..core.data import Examples
+from ..core.data import Examples, sample_rows
 from ..core.settings import InferenceSettings, Settings
 from ..core.task import TaskSpec
 from ..scoring.decision import softmax
@@ -78,42 +78,23 @@ def prepare(task: TaskSpec, train: Examples, config: Config, model: str) -> tupl
     return config.model_copy(update=update), {**facts.get("embed", {}), "parts": facts}
 
 
-def _sample(task: TaskSpec, train: Examples, rows: int | None, seed: int) -> Examples:
-    if rows is None or rows >= len(train):
-        return train
-    from sklearn.model_selection import train_test_split
-
-    strata = [json.dumps(y) if isinstance(y, list) else y for y in train.labels]
-    counts = {s: strata.count(s) for s in set(strata)}
-    stratify = strata if min(counts.values()) >= 2 and rows >= len(counts) else None
-    keep, _ = train_test_split(np.arange(len(train)), train_size=rows, stratify=stratify, random_state=seed)
-    return train.subset(sorted(int(i) for i in keep))
-
-
 def _reuse(task: TaskSpec, run_dir: Path, dest: Path) -> dict:
     """Copy the model of an earlier tfidf run (``auto`` fits TF-IDF once for its own try and the
     hybrids), after checking it is one, for this task's labels."""
     import shutil
 
-    import yaml
-
+    from ..core.runs import Run
     from ..errors import ConfigError
 
-    try:
-        record = yaml.safe_load((run_dir / "config.yaml").read_text())
-        labels = yaml.safe_load((run_dir / "task.yaml").read_text()).get("labels")
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"reuse_tfidf: {run_dir} is not a run folder", [str(e)]) from e
-    names = list(labels) if isinstance(labels, (dict, list)) else []
-    names = [n if isinstance(n, str) else next(iter(n)) for n in names]
-    if record.get("method") != "tfidf" or names != task.label_names:
+    run = Run.load(run_dir)  # a finished run, checked against its manifest
+    if run.method != "tfidf" or run.task.label_names != task.label_names:
         raise ConfigError(f"reuse_tfidf: {run_dir} is not a tfidf run of this task",
-                          [f"its method is {record.get('method')!r} and its labels {names}; drop reuse_tfidf to fit one"])
-    for f in (run_dir / "model").iterdir():
+                          [f"its method is {run.method!r} and its labels {run.task.label_names}; drop reuse_tfidf to fit one"])
+    for f in run.model_dir.iterdir():
         if f.is_file() and f.name not in ("decision.json", "inference.json"):  # the hybrid tunes its own
             shutil.copy2(f, dest / f.name)
-    return {"reused": str(run_dir), "train_rows": record.get("data", {}).get("train_rows"),
-            "train_seconds": record.get("train_seconds")}
+    return {"reused": str(run_dir), "train_rows": run.config.get("data", {}).get("train_rows"),
+            "train_seconds": run.config.get("train_seconds")}
 
 
 def blend(kind: str, parts: list[np.ndarray], weight: float) -> np.ndarray:
@@ -130,7 +111,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     _, get_method = _methods()
     model_dir = run_dir / "model"
     parts = _part_configs(task, config)
-    rows = {"tfidf": train, "embed": _sample(task, train, config.embed_rows, config.seed)}
+    rows = {"tfidf": train, "embed": sample_rows(task, train, config.embed_rows, config.seed)}
     info = {}
     for part in PARTS:
         (model_dir / part / "model").mkdir(parents=True, exist_ok=True)

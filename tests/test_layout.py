@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "classifine"
 # lowest first: a module may import its own stage and the stages before it, never one after
 ORDER = ["errors", "core", "scoring", "generative", "methods", "predict", "deploy", "evaluation", "serve", "training",
-         "auto", "cli", "__main__", "__init__"]
+         "annotation", "auto", "cli", "__main__", "__init__"]
 
 
 def module_name(path: Path) -> str:

@@ -1,7 +1,7 @@
 """classifine: turn language models into dependable text classifiers and extractors."""
 from __future__ import annotations
 
-from .errors import ClassifineError, ConfigError, DataError, ModelError, RunError, TaskError
+from .errors import AnnotatorError, ClassifineError, ConfigError, DataError, ModelError, RunError, TaskError
 from .core.task import TaskSpec, load_task
 
 __version__ = "0.1.0"
@@ -23,6 +23,27 @@ def train(*args, **kwargs):
     return _train(*args, **kwargs)
 
 
+def annotate(task, input, out, model, base_url=None, api_key_env="OPENAI_API_KEY", concurrency=4, timeout=60.0,
+             retries=5, examples=None, shots=4, choose="diverse", overwrite=False, plan=False, batch_size=32,
+             progress=True) -> dict:
+    """Label ``input`` with an LLM into the folder ``out`` (``classifine annotate``): an OpenAI-compatible
+    server when ``base_url`` is given, else the local causal LM ``model``. Returns the summary
+    (``annotation.json``), or with ``plan=True`` the calls it would make."""
+    from .annotation.annotators import make_annotator
+    from .annotation.runner import annotate as _annotate
+
+    annotator = make_annotator(model, base_url, api_key_env, concurrency, timeout, retries)
+    return _annotate(task, input, out, annotator, examples=examples, shots=shots, shot_mode=choose,
+                     overwrite=overwrite, plan=plan, batch_size=batch_size, progress=progress)
+
+
+def review(folder, gold=None, others=(), apply=None) -> dict:
+    """Agreement, review queue and merging reviewed labels (``classifine review``)."""
+    from .annotation.review import review as _review
+
+    return _review(folder, gold=gold, others=list(others), apply=apply)
+
+
 def load(run_dir):
     """Load a finished run for prediction: ``classifine.load("runs/x").predict([{"title": ...}])``."""
     from .predict.predictor import Predictor
@@ -30,5 +51,5 @@ def load(run_dir):
     return Predictor.load(run_dir)
 
 
-__all__ = ["train", "load", "load_task", "TaskSpec", "ClassifineError", "TaskError", "DataError",
+__all__ = ["train", "annotate", "review", "load", "AnnotatorError", "load_task", "TaskSpec", "ClassifineError", "TaskError", "DataError",
            "ConfigError", "ModelError", "RunError"]

@@ -196,6 +196,10 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
     resume: bool = typer.Option(False, "--resume", help="continue training from the run's last checkpoint"),
     budget: Optional[str] = typer.Option(None, "--budget", help="with --method auto: wall-clock budget, e.g. 30m, 1h, 90s"),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="annotation folder as --train: keep rows "
+                                                   "whose annotator confidence is at least this"),
+    soft_labels: bool = typer.Option(False, "--soft-labels", help="annotation folder as --train: the annotator's "
+                                     "probabilities as targets (tfidf, embed, hybrid)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings and errors: no progress bars or logs"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON (nothing else on stdout)"),
 ):
@@ -210,6 +214,7 @@ def train(
         from .auto import auto
 
         problems = (["--set/--config: auto chooses the settings of each try"] if values else []) + \
+                   (["--min-confidence/--soft-labels: train with a fixed method on annotations"] if min_confidence is not None or soft_labels else []) + \
                    (["--resume: an auto run starts again (its tries are fast to redo or were cut by the budget)"] if resume else [])
         if problems:
             raise ConfigError("options that --method auto does not take:", problems)
@@ -221,7 +226,8 @@ def train(
         from .training import train as run_train
 
         run = run_train(spec, method=method, model=model, out=out_dir, train=train_file, validation=validation_file,
-                        test=test_file, config=values, overwrite=overwrite, resume=resume, progress=not (quiet or as_json))
+                        test=test_file, config=values, overwrite=overwrite, resume=resume, progress=not (quiet or as_json),
+                        min_confidence=min_confidence, soft_labels=soft_labels)
     from .core.runs import process_rank
 
     if process_rank()[0] != 0:  # under `accelerate launch` the main process reports for all
@@ -424,6 +430,85 @@ def predict(
         return _print_json(info)
     resumed = f", resumed after {info['resumed_from']}" if info.get("resumed_from") else ""
     out.print(f"{info['records']} records → {info['output']} ({info['records_per_second']} rec/s{resumed})")
+
+
+@app.command()
+@handled
+def annotate(
+    task: Path = typer.Argument(..., help="task spec (YAML): labels, instruction and label descriptions make the prompt"),
+    input_path: Path = typer.Option(..., "--input", "-i", help="unlabelled CSV, JSONL or Parquet with the task's text fields"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="annotation folder (annotations.jsonl, annotation.json, cache)"),
+    model: str = typer.Option(..., "--model", help="the server's model name, or a local causal LM (packaged name, path, HF id)"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; "
+                                           "without it --model runs locally with label scoring"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="environment variable that holds the API key"),
+    examples: Optional[Path] = typer.Option(None, "--examples", help="labelled rows for few-shot examples"),
+    shots: int = typer.Option(4, "--shots", help="examples per prompt (with --examples)"),
+    choose: str = typer.Option("diverse", "--choose", help="which examples: fixed (the file's first) | diverse (one per label) | similar (nearest)"),
+    concurrency: int = typer.Option(4, "--concurrency", help="requests in flight at once (server)"),
+    timeout: float = typer.Option(60.0, "--timeout", help="seconds per request before it is retried"),
+    retries: int = typer.Option(5, "--retries", help="retries on timeouts, 429 and 5xx"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="rows written to disk together"),
+    plan: bool = typer.Option(False, "--plan", help="print the calls and prompt tokens it would spend; call nothing"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a folder of another job (cached answers are reused)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+):
+    """Label an unlabelled file with an LLM: a label, a probability per label and a confidence per row.
+
+    Resumable: answers are cached in the folder, so a re-run or a run after a crash makes no call twice."""
+    _setup_logging(quiet or as_json)
+    from .annotation.annotators import make_annotator
+    from .annotation.runner import annotate as run_annotate
+
+    annotator = make_annotator(model, base_url, api_key_env, concurrency, timeout, retries)
+    info = run_annotate(task, input_path, out_dir, annotator, examples=examples, shots=shots, shot_mode=choose,
+                        overwrite=overwrite, plan=plan, batch_size=batch_size, progress=not (quiet or as_json))
+    if as_json:
+        return _print_json(info)
+    if plan:
+        out.print(f"plan: {info['rows']} rows ({info['rows_done']} done), {info['requests']} requests, "
+                  f"{info['cached']} cached, {info['to_make']} to make, ≈{info['prompt_tokens_estimate']} prompt tokens "
+                  f"({info['note']}); annotator: {info['annotator']}")
+        return
+    c = info["counts"]
+    out.print(f"{c['rows']} rows → {out_dir / 'annotations.jsonl'}: {c['valid']} valid, {c['invalid']} invalid "
+              f"({100 * c['invalid_rate']:.1f}%); {info['calls_this_run']} calls this run, "
+              f"{info['cache_hits_this_run']} answers from the cache, {info['seconds']:.1f} s")
+
+
+@app.command()
+@handled
+def review(
+    folder: Path = typer.Argument(..., help="annotation folder (the --out of classifine annotate)"),
+    gold: Optional[Path] = typer.Option(None, "--gold", help="human labels for some of the rows (the task's label column)"),
+    others: list[Path] = typer.Option([], "--with", help="another annotation folder of the same input (repeatable)"),
+    apply: Optional[Path] = typer.Option(None, "--apply", help="reviewed CSV (columns row, reviewed_label) to merge back"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+):
+    """Agreement with people and between annotators, and a review queue (review.csv, report.html)."""
+    _setup_logging(as_json)
+    from .annotation.review import review as run_review
+
+    info = run_review(folder, gold=gold, others=others, apply=apply)
+    if as_json:
+        return _print_json(info)
+    if info.get("applied"):
+        a = info["applied"]
+        out.print(f"applied {a['applied']} reviewed labels: {a['confirmed']} confirmed, {a['changed']} changed "
+                  f"({a['reviewed_total']} rows reviewed in all)")
+    if info.get("gold"):
+        g = info["gold"]
+        m = g["metrics"]
+        head = ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "macro_f1", "subset_accuracy") if k in m)
+        kappa = f", Cohen's kappa {g['cohen_kappa']:.4f}" if "cohen_kappa" in g else ""
+        out.print(f"vs human labels on {g['rows']} rows: {head}{kappa}")
+    if info.get("annotators", {}).get("fleiss_kappa") is not None:
+        a = info["annotators"]
+        out.print(f"{len(a['annotators'])} annotators on {a['rows']} rows: Fleiss' kappa {a['fleiss_kappa']:.4f}, "
+                  f"Krippendorff's alpha {a['krippendorff_alpha']:.4f}")
+    q = info["queue"]
+    out.print(f"review queue: {q['flagged']} flagged of {q['rows']} rows → {q['file']} (and {folder / 'report.html'})")
 
 
 @app.command()

@@ -49,3 +49,10 @@ class RunError(ClassifineError):
     """A run directory is missing, incomplete or would be overwritten."""
 
     exit_code = 2
+
+
+class AnnotatorError(ClassifineError):
+    """An annotator (an OpenAI-compatible server or a local model) cannot be reached or refuses the
+    requests: wrong URL, key or model name, or it keeps failing after the retries."""
+
+    exit_code = 4

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from .core.accel import reuse_outputs
-from .core.data import check_trainable, label_stats, load_examples, split_validation
+from .core.annotations import AnnotationFolder, load_annotated, provenance
+from .core.data import Examples, check_trainable, label_stats, load_examples, split_validation
 from .core.models import describe, resolve
 from .core.runs import (Run, atomic_write_text, atomic_write_yaml, barrier, fit_dir, hardware, library_versions,
                         prepare_run_dir, process_rank, run_lock, write_manifest)
@@ -44,12 +45,30 @@ def _path(arg: str | Path | None, task: TaskSpec, split: str) -> Path | None:
     return Path(arg) if arg is not None else task.data_path(split)
 
 
+def _training_examples(task: TaskSpec, path: Path, module, method: str, min_confidence: float | None,
+                       soft: bool) -> tuple[Examples, dict | None]:
+    """The training examples, and where their labels came from when an annotator gave them."""
+    if not AnnotationFolder.holds(path):
+        if min_confidence is not None or soft:
+            raise ConfigError("--min-confidence and --soft-labels apply to annotation folders",
+                              [f"{path} is a data file: pass the --out folder of `classifine annotate` as --train"])
+        return load_examples(task, path), None
+    if soft and not getattr(module, "SOFT_LABELS", False):
+        raise ConfigError(f"method {method} does not train on soft labels",
+                          ["use tfidf, embed or hybrid for --soft-labels, or drop it (hard labels above --min-confidence)"])
+    ex = load_annotated(task, path, min_confidence, soft)
+    return ex, provenance(path, ex)
+
+
 def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, model: str | None = None,
           train: str | Path | None = None, validation: str | Path | None = None, test: str | Path | None = None,
           config: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
-          progress: bool = True, choose_engine_now: bool = True) -> Run:
+          progress: bool = True, choose_engine_now: bool = True, min_confidence: float | None = None,
+          soft_labels: bool = False) -> Run:
     """Train ``method`` on ``task`` into ``out``. ``choose_engine_now=False`` leaves the run on
-    PyTorch (``auto`` measures the engines of its winning run only)."""
+    PyTorch (``auto`` measures the engines of its winning run only). ``train`` may be an annotation
+    folder (``classifine annotate``): its valid rows at or above ``min_confidence`` train, with the
+    annotator's probabilities as targets when ``soft_labels`` (methods that declare SOFT_LABELS)."""
     # --- setup: everything the user gave is checked before any training starts ---
     task = as_task(task)
     module = get_method(method)
@@ -61,13 +80,13 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
         raise ConfigError(f"method {method} uses no pretrained model", ["drop --model"])
     if model:
         resolve(model)  # an unknown or missing model fails before anything is read or written
-    train_path = val_path = None
+    train_path = val_path = labelled_by = None
     train_ex = val_ex = None
     if module.TRAINS:
         train_path = _path(train, task, "train")
         if train_path is None:
             raise DataError("no training data", ["pass --train FILE or set data.train in the task spec"])
-        train_ex = load_examples(task, train_path)
+        train_ex, labelled_by = _training_examples(task, train_path, module, method, min_confidence, soft_labels)
         val_path = _path(validation, task, "validation")
         if val_path is not None:
             val_ex = load_examples(task, val_path)
@@ -113,7 +132,8 @@ def train(task: TaskSpec | str | Path | dict, method: str, out: str | Path, mode
             record = {
                 "method": method, "model": model, "model_info": describe(model) if model else None,
                 "config": settings.model_dump(mode="json"), "seed": settings.seed, "data": data,
-                "label_stats": stats, "budget": budget, "warnings": (train_ex.warnings + val_ex.warnings) if train_ex else [],
+                "label_stats": stats, "budget": budget, **({"annotations": labelled_by} if labelled_by else {}),
+                "warnings": (train_ex.warnings + val_ex.warnings) if train_ex else [],
                 "train_seconds": round(train_seconds, 2), "info": info, "versions": library_versions(), "hardware": hardware(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }

@@ -36,6 +36,8 @@ class Examples:
     frame: pd.DataFrame
     source: str
     warnings: list[str] = field(default_factory=list)
+    # soft labels (n_rows, n_labels): an annotator's probabilities, for methods that train on them
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -47,6 +49,7 @@ class Examples:
             labels=None if self.labels is None else [self.labels[i] for i in idx],
             frame=self.frame.iloc[idx].reset_index(drop=True),
             source=source or self.source,
+            targets=None if self.targets is None else self.targets[idx],
         )
 
 

@@ -171,6 +171,35 @@ def _convert_gguf(m: PackagedModel, src: Path, target: Path) -> None:
     log.warning("converted %s in %.0f s", m.name, time.time() - t0)
 
 
+def gguf_file(name: str) -> Path:
+    """The GGUF file of a packaged GGUF model (what llama.cpp's server loads); the packaged Gemma is
+    assembled from its part packages once into the cache."""
+    m = PACKAGED.get(name)
+    if m is None or not m.is_gguf:
+        gguf = [k for k, v in PACKAGED.items() if v.is_gguf]
+        raise ModelError(f"{name!r} is not a packaged GGUF model", [f"packaged GGUF models: {gguf}"])
+    src = _module_dir(m.module)
+    if src is None:
+        raise ModelError(f"model {m.name!r} is not installed", [f"install it: {m.install}"])
+    if m.relpath != "<assemble>":
+        return src / m.relpath
+    target = cache_dir() / "gguf" / f"{m.name}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{m.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_file():
+            import importlib
+
+            work = Path(tempfile.mkdtemp(prefix=f".{m.name}-", dir=target.parent))
+            try:
+                os.replace(importlib.import_module(m.module).assemble(work / "model.gguf"), target)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
 def is_decoder(path_or_name: str) -> bool:
     """Decoder-only LMs pool the last token; encoders pool the mean (see methods/embed.py)."""
     if path_or_name in PACKAGED:

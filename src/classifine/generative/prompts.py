@@ -46,6 +46,19 @@ def _label_block(task: TaskSpec) -> str:
     return head + "\n" + "\n".join(lines)
 
 
+def prompt_body(task: TaskSpec, text: str, question: str | None = None) -> str:
+    """The user's message for one text: instruction, labels (or the JSON form), the text and, for
+    multi-label, the label's question. Chat templates and annotators wrap it."""
+    parts = [instruction(task), _label_block(task) if task.kind != "multi_label" else "", f"Text:\n{text}"]
+    if question is not None:
+        parts.append(question)
+    return "\n\n".join(p for p in parts if p)
+
+
+def label_question(label: str) -> str:
+    return f"Label:\n{label}\nDoes the text have this label? Answer yes or no."
+
+
 def _key(task: TaskSpec) -> tuple:
     """What a task's prompt frame depends on (a cache key that outlives no task it describes)."""
     return task.kind, instruction(task), tuple((task.labels or {}).items()), task.entity
@@ -89,17 +102,14 @@ class PromptFormat:
         return f"{bos}{body}\n\nAnswer:\n"
 
     def body(self, task: TaskSpec, text: str, question: str | None = None) -> str:
-        parts = [instruction(task), _label_block(task) if task.kind != "multi_label" else "", f"Text:\n{text}"]
-        if question is not None:
-            parts.append(question)
-        return "\n\n".join(p for p in parts if p)
+        return prompt_body(task, text, question)
 
     def _parts(self, task: TaskSpec) -> tuple[str, str, str]:
         """(before the input text, after it up to a multi-label question, after that question's
         label; empty for other kinds)."""
         key = ("frame", _key(task))
         if key not in self._cache:
-            question = f"Label:\n{MARK}\nDoes the text have this label? Answer yes or no." if task.kind == "multi_label" else None
+            question = label_question(MARK) if task.kind == "multi_label" else None
             head, tail = self.wrap(self.body(task, TEXT, question)).split(TEXT, 1)
             middle, _, rest = tail.partition(MARK)
             self._cache[key] = (head, middle, rest)

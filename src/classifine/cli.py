@@ -448,6 +448,8 @@ def annotate(
     concurrency: int = typer.Option(4, "--concurrency", help="requests in flight at once (server)"),
     timeout: float = typer.Option(60.0, "--timeout", help="seconds per request before it is retried"),
     retries: int = typer.Option(5, "--retries", help="retries on timeouts, 429 and 5xx"),
+    logprobs: bool = typer.Option(True, "--logprobs/--no-logprobs", help="ask the server for log-probabilities "
+                                  "(a probability per label); off: the answer alone, no confidence"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="rows written to disk together"),
     plan: bool = typer.Option(False, "--plan", help="print the calls and prompt tokens it would spend; call nothing"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a folder of another job (cached answers are reused)"),
@@ -461,7 +463,7 @@ def annotate(
     from .annotation.annotators import make_annotator
     from .annotation.runner import annotate as run_annotate
 
-    annotator = make_annotator(model, base_url, api_key_env, concurrency, timeout, retries)
+    annotator = make_annotator(model, base_url, api_key_env, concurrency, timeout, retries, logprobs=logprobs)
     info = run_annotate(task, input_path, out_dir, annotator, examples=examples, shots=shots, shot_mode=choose,
                         overwrite=overwrite, plan=plan, batch_size=batch_size, progress=not (quiet or as_json))
     if as_json:

@@ -2,8 +2,10 @@
 scoring. Both take a task and a batch of texts and return one result per text (``label``,
 ``probabilities``, ``confidence``, ``valid``, ``raw``), asking the answer cache first.
 
-Few-shot examples are written into the instruction (``with_examples``), so both annotators, every
-chat template and the local scorer's cached prompt frame see the same prompt.
+Few-shot examples: the server gets them as earlier chat turns (user: the example's prompt,
+assistant: its answer), the pattern chat models and base models behind a chat template follow
+best; the local scorer gets them in the instruction (``with_examples``), because its prompt frame
+is one user turn whose KV cache every text of a batch shares.
 """
 from __future__ import annotations
 
@@ -100,25 +102,41 @@ class ServerAnnotator:
     timeout: float = 60.0
     retries: int = 5
     top_logprobs: int = 20
+    # off for servers that refuse log-probabilities or pay dearly for them (llama-cpp-python computes
+    # them for every prompt position): the answer alone then decides, with no confidence
+    logprobs: bool = True
+    backoff: float = 0.5  # seconds before the first retry; doubles each time (a Retry-After header wins)
     client: object = None
 
     def identity(self) -> dict:
         # the URL is left out on purpose: the same model behind another port answers the same
-        return {"type": "openai-compatible", "model": self.model, "top_logprobs": self.top_logprobs}
+        return {"type": "openai-compatible", "model": self.model,
+                "top_logprobs": self.top_logprobs if self.logprobs else None}
 
     def name(self) -> str:
         return f"{self.model} @ {self.base_url}"
 
-    def payloads(self, task: TaskSpec, text: str) -> list[dict]:
-        def ask(body: str, max_tokens: int) -> dict:
-            return {"messages": [{"role": "user", "content": body}], "temperature": 0, "max_tokens": max_tokens,
-                    "logprobs": True, "top_logprobs": self.top_logprobs}
+    def payloads(self, task: TaskSpec, text: str, shots: list[tuple[str, object]] = ()) -> list[dict]:
+        def ask(question: str | None, answer, max_tokens: int, stop: list[str] | None = None) -> dict:
+            turns = []
+            for shot_text, gold in shots:
+                turns += [{"role": "user", "content": prompt_body(task, shot_text, question)},
+                          {"role": "assistant", "content": answer(gold)}]
+            turns.append({"role": "user", "content": prompt_body(task, text, question)})
+            extra = {"logprobs": True, "top_logprobs": self.top_logprobs} if self.logprobs else {}
+            return {"messages": turns, "temperature": 0, "max_tokens": max_tokens, **extra, **({"stop": stop} if stop else {})}
         if task.kind == "multi_label":
-            return [ask(prompt_body(task, text, label_question(lab)), 4) for lab in task.label_names]
+            return [ask(label_question(lab), lambda gold, lab=lab: "yes" if lab in gold else "no", 4, ["\n"])
+                    for lab in task.label_names]
         if task.kind == "extraction":
-            return [ask(prompt_body(task, text), 256)]
-        longest = max(len(answer_text(task, lab)) for lab in task.label_names)
-        return [ask(prompt_body(task, text), 8 + longest)]  # a token is at least a character
+            return [ask(None, lambda gold: answer_text(task, gold), 256)]
+        # a token spells at least one byte; the slack shows what an invalid answer was. Only the
+        # first line is read, so the server may stop there.
+        longest = max(len(answer_text(task, lab).encode("utf-8")) for lab in task.label_names)
+        return [ask(None, lambda gold: answer_text(task, gold), 8 + longest, ["\n"])]
+
+    def key(self, payload: dict) -> str:
+        return _key(self.identity(), payload)
 
     def result(self, task: TaskSpec, responses: list[dict]) -> dict:
         choices = [r["choices"][0] for r in responses]
@@ -128,19 +146,19 @@ class ServerAnnotator:
             return answers.extraction(task, choices[0])
         return answers.classify(task, choices[0])
 
-    async def annotate(self, tasks: list[TaskSpec], texts: list[str], cache: AnswerCache) -> list[dict]:
-        async def one(task: TaskSpec, text: str) -> dict:
+    async def annotate(self, task: TaskSpec, texts: list[str], shots: list[list], cache: AnswerCache) -> list[dict]:
+        async def one(text: str, examples: list) -> dict:
             async def call(payload: dict) -> dict:
-                key = _key(self.identity(), payload)
+                key = self.key(payload)
                 hit = cache.get(key)
                 if hit is not None:
                     return hit
                 response = await self.client.chat(payload)
                 cache.put(key, response)
                 return response
-            responses = await asyncio.gather(*(call(p) for p in self.payloads(task, text)))
+            responses = await asyncio.gather(*(call(p) for p in self.payloads(task, text, examples)))
             return self.result(task, list(responses))
-        return list(await asyncio.gather(*(one(t, x) for t, x in zip(tasks, texts))))
+        return list(await asyncio.gather(*(one(x, s) for x, s in zip(texts, shots))))
 
 
 @dataclass
@@ -177,10 +195,14 @@ class LocalAnnotator:
                                  [f"{type(e).__name__}: {str(e)[:300]}", "pass a packaged name (classifine models), "
                                   "a local folder or a Hugging Face id of a decoder LM"]) from None
 
-    async def annotate(self, tasks: list[TaskSpec], texts: list[str], cache: AnswerCache) -> list[dict]:
+    def key(self, task: TaskSpec, text: str) -> str:
+        return _key(self.identity(), task.to_yaml(), task.instruction, text)
+
+    async def annotate(self, task: TaskSpec, texts: list[str], shots: list[list], cache: AnswerCache) -> list[dict]:
         from ..generative.causal_lm import GenerativeScorer
 
-        keys = [_key(self.identity(), t.to_yaml(), t.instruction, x) for t, x in zip(tasks, texts)]
+        tasks = [with_examples(task, s) for s in shots]
+        keys = [self.key(t, x) for t, x in zip(tasks, texts)]
         out: list[dict | None] = [cache.get(k) for k in keys]
         todo = [i for i, r in enumerate(out) if r is None]
         # rows that share a prompt (fixed or diverse examples) are scored together
@@ -227,7 +249,8 @@ def _local_result(task: TaskSpec, p: np.ndarray) -> dict:
 
 
 def make_annotator(model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4,
-                   timeout: float = 60.0, retries: int = 5, batch_size: int = 8) -> ServerAnnotator | LocalAnnotator:
+                   timeout: float = 60.0, retries: int = 5, batch_size: int = 8,
+                   logprobs: bool = True) -> ServerAnnotator | LocalAnnotator:
     """A server annotator when ``base_url`` is given, else the local model ``model``."""
     problems = []
     if not model:
@@ -243,7 +266,7 @@ def make_annotator(model: str, base_url: str | None = None, api_key_env: str = "
     if problems:
         raise ConfigError("the annotator settings are not valid:", problems)
     if base_url is not None:
-        return ServerAnnotator(base_url, model, api_key_env, concurrency, timeout, retries)
+        return ServerAnnotator(base_url, model, api_key_env, concurrency, timeout, retries, logprobs=logprobs)
     from ..core.models import resolve
 
     resolve(model)  # an unknown packaged name fails here, with the list of names

@@ -20,7 +20,7 @@ from ..core.runs import file_sha256
 from ..core.task import DataPaths, TaskSpec, load_task
 from ..errors import ConfigError, DataError
 from ..generative.prompts import prompt_body
-from .annotators import ExamplePicker, LocalAnnotator, ServerAnnotator, _key, with_examples
+from .annotators import ExamplePicker, LocalAnnotator, ServerAnnotator, with_examples
 from .cache import AnswerCache
 
 log = logging.getLogger("classifine")
@@ -100,7 +100,7 @@ async def _annotate_rows(task, input_path, folder, annotator, picker, cache, don
         from .client import ChatClient
 
         client = ChatClient(annotator.base_url, annotator.model, annotator.api_key_env, annotator.timeout,
-                            annotator.retries, annotator.concurrency)
+                            annotator.retries, annotator.concurrency, annotator.backoff)
         await client.__aenter__()
         annotator.client = client
     try:
@@ -117,8 +117,7 @@ async def _annotate_rows(task, input_path, folder, annotator, picker, cache, don
             texts = records_to_texts(task, batch, source=str(input_path))
             filled = [i for i, t in enumerate(texts) if t.strip()]
             shots = picker.shots([texts[i] for i in filled]) if picker else [[] for _ in filled]
-            tasks = [with_examples(task, s) for s in shots]
-            found = await annotator.annotate(tasks, [texts[i] for i in filled], cache)
+            found = await annotator.annotate(task, [texts[i] for i in filled], shots, cache)
             results: list[dict] = [{"label": None, "probabilities": None, "confidence": None, "valid": False,
                                     "raw": "", "error": "empty text"} for _ in texts]
             for i, res in zip(filled, found):
@@ -178,17 +177,17 @@ def _plan(task, input_path, folder, annotator, picker, n_rows, identity, batch_s
         row += len(batch)
         shots = picker.shots(keep) if picker else [[] for _ in keep]
         for text, s in zip(keep, shots):
-            t = with_examples(task, s)
             if isinstance(annotator, ServerAnnotator):
-                for p in annotator.payloads(t, text):
+                for p in annotator.payloads(task, text, s):
                     calls += 1
-                    if cache.has(_key(annotator.identity(), p)):
+                    if cache.has(annotator.key(p)):
                         cached += 1
                     else:
                         chars += sum(len(m["content"]) for m in p["messages"])
             else:
+                t = with_examples(task, s)
                 calls += 1
-                if cache.has(_key(annotator.identity(), t.to_yaml(), t.instruction, text)):
+                if cache.has(annotator.key(t, text)):
                     cached += 1
                 else:
                     chars += len(prompt_body(t, text))

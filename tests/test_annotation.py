@@ -67,6 +67,11 @@ def test_an_answer_outside_the_labels_is_invalid_and_kept_raw_never_mapped():
     content = [step("Politics", math.log(0.8), {"Politics": math.log(0.8), "World": math.log(0.1)})]
     res = answers.classify(task, {"message": {"content": "Politics"}, "logprobs": {"content": content}})
     assert res["valid"] is False and res["label"] is None and res["raw"] == "Politics"
+    # a label and then rambling counts as that label; a longer word that starts like one does not
+    assert answers.leading_label(task, "World médical\nmore") == "World"
+    assert answers.leading_label(task, "sports, I think") == "Sports"
+    assert answers.leading_label(task, "Worldwide news") is None
+    assert answers.leading_label(task, "Sci/Techこ") is None and answers.leading_label(task, "") is None
     # a server without log-probabilities: the answer decides, no confidence is invented
     res = answers.classify(task, {"message": {"content": "Sports"}})
     assert res["label"] == "Sports" and res["confidence"] is None and res["probabilities"]["Sports"] == 1.0

@@ -18,8 +18,9 @@ log-probability and the top-k alternatives at that position, k ≤ 20):
 - extraction: the JSON answer is parsed; an entity's confidence is the product of the
   probabilities of the tokens that spell it, and the row's confidence is the answer's probability.
 
-The answer itself decides the label: one that is not in the label set is recorded as invalid with
-its raw text, never mapped to the nearest label.
+The answer itself decides the label: its first line is a label, or starts with one as a whole
+word (``World médical``: small models answer and ramble on). Anything else is recorded as invalid
+with its raw text, never mapped to the nearest label.
 """
 from __future__ import annotations
 
@@ -67,10 +68,23 @@ def label_logprob(target: str, content: list[dict]) -> float | None:
     return total
 
 
+def leading_label(task: TaskSpec, raw: str) -> str | None:
+    """The label the answer's first line starts with as a whole word (``World médical`` → World;
+    ``Sportsmen`` → None), the longest when several do. Small models often answer the label and
+    ramble on; the rest stays in ``raw`` for review."""
+    line = raw.strip().splitlines()[0].strip() if raw.strip() else ""
+    for fold in (str, str.casefold):
+        hits = [lab for lab in task.label_names if fold(line).startswith(fold(lab))
+                and (len(line) == len(lab) or not line[len(lab)].isalnum())]
+        if hits:
+            return max(hits, key=len)
+    return None
+
+
 def classify(task: TaskSpec, choice: dict) -> dict:
     """single_label / ordinal: label (None when invalid), probabilities, confidence, valid, raw."""
     raw = (choice.get("message") or {}).get("content") or ""
-    label = parse_answer(task, raw)
+    label = parse_answer(task, raw) or (leading_label(task, raw) if task.output == "label" else None)
     content = _tokens(choice)
     # the answer may start with whitespace the model chose to emit; targets follow what it generated
     lead = raw[:len(raw) - len(raw.lstrip())]

@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--server-rows", type=int, default=100)
     ap.add_argument("--speed-rows", type=int, default=32)
     ap.add_argument("--work", default="/tmp/classifine-bench-annotate")
+    ap.add_argument("--agreement-only", action="store_true", help="skip throughput, cache and SIGKILL (measured once)")
     args = ap.parse_args()
     from classifine.core.task import load_task
     from servers import llama_server
@@ -144,6 +145,11 @@ def main() -> None:
                 res[f"server {shots}"] = agreement(work / f"server-{shots}", sgold, s)
                 print(name, "server", shots, res[f"server {shots}"], flush=True)
                 save(results)
+            if args.agreement_only:
+                res["command"] = (f"python bench/annotate.py {name} --local-rows {args.local_rows} "
+                                  f"--server-rows {args.server_rows} --agreement-only")
+                save(results)
+                continue
             import classifine
 
             again = classifine.annotate(task_path, sdata, work / "server-few-shot", model="gemma-3-270m", base_url=url,

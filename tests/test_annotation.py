@@ -210,8 +210,12 @@ def test_agreement_between_annotators(annotated, tmp_path):
     ex = load_examples(task, tmp_path / "data" / "train.csv")
     second = Oracle(dict(zip(ex.texts, ex.labels)), task.label_names, noise=0.5)
     annotate(task, tmp_path / "data" / "train.csv", tmp_path / "ann2", second, progress=False)
-    summary = classifine.review(folder, others=[tmp_path / "ann2"])
+    summary = classifine.review(folder, others=[tmp_path / "ann2"], gold=tmp_path / "data" / "train.csv")
     a = summary["annotators"]
+    both = summary["gold_consensus"]
+    # two annotators: a tie goes to the higher averaged probability, so majority = probability average here
+    assert both["majority"]["rows"] == 90 and both["majority"]["accuracy"] == both["probability_average"]["accuracy"]
+    assert both["majority"]["accuracy"] >= summary["gold"]["metrics"]["accuracy"] - 0.1
     assert a["rows"] == 90 and 0 < a["fleiss_kappa"] < 1 and 0 < a["krippendorff_alpha"] < 1
     assert any("annotators disagree" in line for line in (folder / "review.csv").read_text().splitlines())
 

@@ -509,6 +509,8 @@ def review(
         a = info["annotators"]
         out.print(f"{len(a['annotators'])} annotators on {a['rows']} rows: Fleiss' kappa {a['fleiss_kappa']:.4f}, "
                   f"Krippendorff's alpha {a['krippendorff_alpha']:.4f}")
+    for way, g in (info.get("gold_consensus") or {}).items():
+        out.print(f"  combined ({way.replace('_', ' ')}) vs human labels: accuracy {g['accuracy']:.4f}, macro_f1 {g['macro_f1']:.4f}")
     q = info["queue"]
     out.print(f"review queue: {q['flagged']} flagged of {q['rows']} rows → {q['file']} (and {folder / 'report.html'})")
 

@@ -90,6 +90,22 @@ def consensus(task: TaskSpec, row_sets: list[dict]) -> dict:
     return {"majority": majority, "probabilities": avg, "disagree": len(votes) > 1}
 
 
+def consensus_agreement(task: TaskSpec, rows: list[dict], others: list[dict[int, dict]], gold: str | Path) -> dict:
+    """Agreement with people of the annotators combined: majority vote and averaged probabilities."""
+    out = {}
+    for way in ("majority", "probability_average"):
+        combined = []
+        for r in rows:
+            c = consensus(task, [r] + [o[r["row"]] for o in others if r["row"] in o])
+            probs = c["probabilities"]
+            label = c["majority"] if way == "majority" else (max(probs, key=probs.get) if probs else None)
+            combined.append({**r, "label": label, "valid": label is not None})
+        g = gold_agreement(task, combined, gold, task)
+        out[way] = {"rows": g["rows"], "accuracy": g["metrics"]["accuracy"], "macro_f1": g["metrics"]["macro_f1"],
+                    "cohen_kappa": g.get("cohen_kappa")}
+    return out
+
+
 def label_issues(task: TaskSpec, rows: list[dict], fields: list[str]) -> dict[int, str]:
     """Row number -> the label cleanlab suggests, for rows whose annotation looks wrong given the
     rest (5-fold out-of-fold probabilities of TF-IDF + logistic regression)."""
@@ -229,6 +245,9 @@ def render_html(title: str, summary: dict, queue: list[dict], fields: list[str],
         parts.append("<h2>Agreement between annotators</h2><table>" + "".join(
             f"<tr><th>{e(k)}</th><td>{agree[k]:.4f}</td></tr>" for k in ("fleiss_kappa", "krippendorff_alpha", "all_agree"))
             + "</table>")
+    for way, g in (summary.get("gold_consensus") or {}).items():
+        parts.append(f"<p>Combined ({e(way.replace('_', ' '))}) vs human labels: accuracy {g['accuracy']:.4f}, "
+                     f"macro-F1 {g['macro_f1']:.4f}.</p>")
     parts.append(f"<h2>Review queue (top {min(top, len(queue))} of {len(queue)})</h2><table><tr><th>row</th>"
                  + "".join(f"<th>{e(f)}</th>" for f in fields) + "<th>label</th><th>confidence</th><th>suggested</th><th>why</th></tr>")
     for q in queue[:top]:
@@ -270,6 +289,8 @@ def review(folder: str | Path, gold: str | Path | None = None, others: list[str 
                                 ["compare annotation folders of the same --input"])
         summary["annotators"] = annotator_agreement(task, folders, sets)
         other_rows = [{r["row"]: r for r in s} for s in sets[1:]]
+        if gold is not None and task.kind in CLASSIFIED:
+            summary["gold_consensus"] = consensus_agreement(task, rows, other_rows, gold)
     queue = review_queue(task, [{**r, "label": final_label(r)} for r in rows], fields, other_rows)
     write_queue(af.path / QUEUE, queue)
     summary["queue"] = {"rows": len(queue), "flagged": sum(1 for q in queue if q["reasons"]), "file": str(af.path / QUEUE)}

@@ -100,7 +100,7 @@ class FaultProxy:
                     proxy.chat_requests += 1
                     fault = proxy.faults.pop(0) if proxy.faults else None
                 if fault == "hang":
-                    time.sleep(8.0)
+                    time.sleep(25.0)  # past the test client's 20 s timeout, which real requests under load stay within
                     self.close_connection = True
                     return
                 if fault == "drop":

@@ -135,7 +135,12 @@ def main() -> None:
             res[f"local {shots}"] = agreement(work / f"local-{shots}", gold, s)
             print(name, "local", shots, res[f"local {shots}"], flush=True)
             save(results)
-        res["classifier"] = train_gap(task_path, task, work / "local-few-shot", gold, work)
+        from classifine.errors import ClassifineError
+
+        try:
+            res["classifier"] = train_gap(task_path, task, work / "local-few-shot", gold, work)
+        except ClassifineError as e:  # e.g. the annotator gave every row one label: nothing to train
+            res["classifier"] = {"error": e.summary, "problems": e.problems}
         print(name, "classifier", res["classifier"], flush=True)
         save(results)
         sdata, sgold, _ = inputs(name, task, args.server_rows, work)

@@ -3,11 +3,9 @@ model, the folder (resume, identity, torn lines), review (agreement, queue, --ap
 annotations. The OpenAI-compatible path against a real llama.cpp server is in test_annotation_server.py."""
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -235,12 +235,7 @@ def _local_result(task: TaskSpec, p: np.ndarray) -> dict:
     names = task.label_names
     probs = {n: round(float(x), 6) for n, x in zip(names, p)}
     if task.kind == "multi_label":
-        if task.top_k:
-            label = sorted(names, key=lambda n: -probs[n])[:task.top_k]
-        else:
-            cut = float(task.threshold) if task.threshold is not None else 0.5
-            label = [n for n in names if probs[n] >= cut]
-        conf = min(max(x, 1 - x) for x in probs.values())
+        label, conf = answers.choose_labels(task, probs)
         raw = json.dumps(label, ensure_ascii=False)
     else:
         label = names[int(np.argmax(p))]

@@ -32,6 +32,7 @@ import numpy as np
 from ..core.task import TaskSpec
 from ..generative.decoding import parse_answer
 from ..generative.prompts import answer_text
+from ..scoring.decision import decide
 
 
 def _tokens(choice: dict) -> list[dict]:
@@ -125,6 +126,16 @@ def yes_probability(choice: dict) -> tuple[float | None, bool, str]:
     return 1.0 / (1.0 + math.exp(ln - ly)), valid, raw
 
 
+def choose_labels(task: TaskSpec, probs: dict[str, float]) -> tuple[list[str], float]:
+    """Multi-label: the labels chosen as every run chooses them (``scoring.decision.decide``: the
+    spec's threshold, else 0.5, then ``top_k``), and the row's confidence: the least certain of its
+    yes/no decisions."""
+    cut = float(task.threshold) if task.threshold is not None else 0.5
+    decision = {"thresholds": {n: cut for n in task.label_names}, "top_k": task.top_k}
+    row = np.array([[probs[n] for n in task.label_names]])
+    return decide("multi_label", task.label_names, row, decision)[0], min(max(p, 1 - p) for p in probs.values())
+
+
 def multi_label(task: TaskSpec, answers: list[tuple[float | None, bool, str]]) -> dict:
     """Combine the per-label yes/no answers of one row."""
     names = task.label_names
@@ -136,13 +147,7 @@ def multi_label(task: TaskSpec, answers: list[tuple[float | None, bool, str]]) -
         return {"label": [n for n, (p, _, _) in zip(names, answers) if p], "probabilities": None,
                 "confidence": None, "valid": True, "raw": raw}
     probs = {n: round(float(p), 6) for n, (p, _, _) in zip(names, answers)}
-    if task.top_k:
-        chosen = sorted(names, key=lambda n: -probs[n])[:task.top_k]
-    else:
-        cut = float(task.threshold) if task.threshold is not None else 0.5
-        chosen = [n for n in names if probs[n] >= cut]
-    # how sure the row is: the least certain of its yes/no decisions
-    conf = min(max(p, 1 - p) for p in probs.values())
+    chosen, conf = choose_labels(task, probs)
     return {"label": chosen if valid else None, "probabilities": probs, "confidence": round(conf, 6),
             "valid": valid, "raw": raw}
 

@@ -42,13 +42,17 @@ def _texts(rows: list[dict], fields: list[str]) -> list[str]:
     return join_fields(pd.DataFrame([{f: r.get(f, "") for f in fields} for r in rows], columns=fields), fields)
 
 
-def gold_agreement(task: TaskSpec, rows: list[dict], gold_path: str | Path, gold_task: TaskSpec) -> dict:
-    gold = load_examples(gold_task, gold_path)
-    by_text = {t: y for t, y in zip(gold.texts, gold.labels)}
-    pairs = [(by_text[k], r) for r, k in zip(rows, _texts(rows, gold_task.text)) if k in by_text]
+def read_gold(task: TaskSpec, path: str | Path) -> dict:
+    """Human labels by text (the task's fields joined as training joins them)."""
+    gold = load_examples(task, path)
+    return {t: y for t, y in zip(gold.texts, gold.labels)}
+
+
+def gold_agreement(task: TaskSpec, rows: list[dict], by_text: dict, source: str | Path) -> dict:
+    pairs = [(by_text[k], r) for r, k in zip(rows, _texts(rows, task.text)) if k in by_text]
     if not pairs:
-        raise DataError(f"no annotated row matches a row of {gold_path}",
-                        [f"rows are matched on the text field(s) {gold_task.text}; the gold file must hold the same texts"])
+        raise DataError(f"no annotated row matches a row of {source}",
+                        [f"rows are matched on the text field(s) {task.text}; the gold file must hold the same texts"])
     ref = [g for g, _ in pairs]
     pred = [r["label"] if r.get("valid") else ([] if task.kind in ("multi_label", "extraction") else "") for _, r in pairs]
     out = {"rows": len(pairs), "metrics": compute_metrics(task, ref, pred, invalid=[not r.get("valid") for _, r in pairs])}
@@ -90,7 +94,8 @@ def consensus(task: TaskSpec, row_sets: list[dict]) -> dict:
     return {"majority": majority, "probabilities": avg, "disagree": len(votes) > 1}
 
 
-def consensus_agreement(task: TaskSpec, rows: list[dict], others: list[dict[int, dict]], gold: str | Path) -> dict:
+def consensus_agreement(task: TaskSpec, rows: list[dict], others: list[dict[int, dict]], gold: dict,
+                        source: str | Path) -> dict:
     """Agreement with people of the annotators combined: majority vote and averaged probabilities."""
     out = {}
     for way in ("majority", "probability_average"):
@@ -100,7 +105,7 @@ def consensus_agreement(task: TaskSpec, rows: list[dict], others: list[dict[int,
             probs = c["probabilities"]
             label = c["majority"] if way == "majority" else (max(probs, key=probs.get) if probs else None)
             combined.append({**r, "label": label, "valid": label is not None})
-        g = gold_agreement(task, combined, gold, task)
+        g = gold_agreement(task, combined, gold, source)
         out[way] = {"rows": g["rows"], "accuracy": g["metrics"]["accuracy"], "macro_f1": g["metrics"]["macro_f1"],
                     "cohen_kappa": g.get("cohen_kappa")}
     return out
@@ -277,8 +282,10 @@ def review(folder: str | Path, gold: str | Path | None = None, others: list[str 
         pred = [r.get("annotator_label") or "" for r in reviewed]
         summary["vs_reviewed"] = {"rows": len(reviewed), "accuracy": float(np.mean([a == b for a, b in zip(ref, pred)])),
                                   "cohen_kappa": M.cohen_kappa(ref, pred, task.label_names + [""])}
-    if gold is not None:
-        summary["gold"] = gold_agreement(task, [{**r, "label": r.get("annotator_label", r.get("label"))} for r in rows], gold, task)
+    by_text = read_gold(task, gold) if gold is not None else None
+    if by_text is not None:
+        summary["gold"] = gold_agreement(task, [{**r, "label": r.get("annotator_label", r.get("label"))} for r in rows],
+                                         by_text, gold)
     other_rows: list[dict[int, dict]] = []
     if others:
         folders = [af] + [AnnotationFolder(o) for o in others]
@@ -289,8 +296,8 @@ def review(folder: str | Path, gold: str | Path | None = None, others: list[str 
                                 ["compare annotation folders of the same --input"])
         summary["annotators"] = annotator_agreement(task, folders, sets)
         other_rows = [{r["row"]: r for r in s} for s in sets[1:]]
-        if gold is not None and task.kind in CLASSIFIED:
-            summary["gold_consensus"] = consensus_agreement(task, rows, other_rows, gold)
+        if by_text is not None and task.kind in CLASSIFIED:
+            summary["gold_consensus"] = consensus_agreement(task, rows, other_rows, by_text, gold)
     queue = review_queue(task, [{**r, "label": final_label(r)} for r in rows], fields, other_rows)
     write_queue(af.path / QUEUE, queue)
     summary["queue"] = {"rows": len(queue), "flagged": sum(1 for q in queue if q["reasons"]), "file": str(af.path / QUEUE)}

@@ -180,10 +180,35 @@ def _summary(metrics: dict, title: str) -> None:
         err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
+def _combined_json(where: Path) -> dict:
+    from .evaluation.multitask import read_combined
+
+    c = read_combined(where)
+    return {"combined": {line["label"]: {"rate": line["rate"], "correct": line["num"], "rows": line["den"]}
+                         for line in c["table"]}} if c else {}
+
+
+def _combined(where: Path) -> None:
+    """A multi-task run's combined table (evaluation/multitask.py), as the report shows it."""
+    from .evaluation.multitask import read_combined
+    from .evaluation.render import cell
+
+    c = read_combined(where)
+    if not c:
+        return
+    table = Table(title="all tasks (" + ", ".join(f"{n}: {m.replace('_', ' ')}" for n, m in c["metrics"].items()) + ")")
+    table.add_column("")
+    table.add_column("rate (correct/rows)", justify="right")
+    for line in c["table"]:
+        table.add_row(line["label"], cell(line["rate"], line["num"], line["den"]))
+    out.print(table)
+
+
 @app.command()
 @handled
 def train(
-    task: Path = typer.Argument(..., help="task spec (YAML)"),
+    tasks: list[Path] = typer.Argument(..., help="task spec (YAML); several train one model on every task "
+                                       "(sft, orpo), the first is the run's own"),
     method: str = typer.Option(..., "--method", "-m", help=f"one of: {' | '.join(METHODS)} (see `classifine methods`), "
                                "or auto: try them within --budget and keep the best on validation"),
     model: Optional[str] = typer.Option(None, "--model", help="gemma-3-270m | minilm-l6 | smollm2-135m | local path | HF id"),
@@ -207,9 +232,12 @@ def train(
     _setup_logging(quiet or as_json)
     from .core.task import load_task
 
-    spec = load_task(task)
+    specs = [load_task(t) for t in tasks]
+    spec = specs[0]
     out_dir = out_dir or Path("runs") / f"{spec.name}-{method}"
     values = parse_settings(settings, config_file)
+    if len(specs) > 1 and method == "auto":
+        raise ConfigError("--method auto trains one task per run", ["train several tasks into one model with --method sft or orpo"])
     if method == "auto":
         from .auto import auto
 
@@ -225,7 +253,7 @@ def train(
             raise ConfigError("--budget applies to --method auto only", ["drop --budget, or pass --method auto"])
         from .training import train as run_train
 
-        run = run_train(spec, method=method, model=model, out=out_dir, train=train_file, validation=validation_file,
+        run = run_train(specs, method=method, model=model, out=out_dir, train=train_file, validation=validation_file,
                         test=test_file, config=values, overwrite=overwrite, resume=resume, progress=not (quiet or as_json),
                         min_confidence=min_confidence, soft_labels=soft_labels)
     from .core.runs import process_rank
@@ -246,6 +274,7 @@ def train(
         out.print(f"trained [bold]{method}[/] in {run.config['train_seconds']:.1f} s → {run.dir}")
     if metrics is not None:
         _summary(metrics, f"test: {run.config['data']['test']}")
+        _combined(run.dir)
         out.print(f"report: {run.dir / 'report.md'}")
 
 
@@ -256,7 +285,8 @@ def eval_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="labelled data (default: the run's or the spec's test file)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="where the report goes (default: the run directory)"),
     model: Optional[str] = typer.Option(None, "--model", help="zero-shot: evaluate this causal LM without training"),
-    task: Optional[Path] = typer.Option(None, "--task", help="zero-shot: the task spec"),
+    task: list[Path] = typer.Option([], "--task", help="zero-shot: the task spec (repeat it for the base model of a "
+                                    "multi-task run: every task, the combined table)"),
     decoding: str = typer.Option("score", "--decoding", help="zero-shot: score (label scoring) or generate"),
     top: int = typer.Option(10, "--top", min=0, help="most confident mistakes and most confused pairs to list"),
     overwrite: bool = typer.Option(False, "--overwrite", help="zero-shot: replace an existing output folder"),
@@ -269,8 +299,8 @@ def eval_cmd(
     _setup_logging(quiet or as_json)
     _use_engine(engine)
     quiet = quiet or as_json
-    if model is not None or task is not None:
-        if model is None or task is None or run_dir is not None:
+    if model is not None or task:
+        if model is None or not task or run_dir is not None:
             raise ConfigError("zero-shot evaluation takes --model and --task (and no run directory)",
                               ["e.g. classifine eval --model smollm2-135m --task task.yaml --out runs/base"])
         if decoding not in ("score", "generate"):
@@ -278,12 +308,13 @@ def eval_cmd(
         from .core.task import load_task
         from .training import zero_shot
 
-        spec = load_task(task)
-        target = out_dir or Path("runs") / f"{spec.name}-zeroshot-{Path(model).name}"
-        metrics = zero_shot(spec, model, target, data, decoding=decoding, overwrite=overwrite, progress=not quiet)
+        specs = [load_task(t) for t in task]
+        target = out_dir or Path("runs") / f"{specs[0].name}-zeroshot-{Path(model).name}"
+        metrics = zero_shot(specs, model, target, data, decoding=decoding, overwrite=overwrite, progress=not quiet)
         if as_json:
-            return _print_json({"run": str(target), **_headline(metrics)})
+            return _print_json({"run": str(target), **_headline(metrics), **_combined_json(target)})
         _summary(metrics, f"zero-shot {model} on {metrics['data']}")
+        _combined(target)
         out.print(f"report: {target / 'report.md'}  {target / 'report.html'}")
         return
     if run_dir is None:
@@ -291,10 +322,11 @@ def eval_cmd(
     from .evaluation.report import evaluate_run
 
     metrics = evaluate_run(run_dir, data, out_dir=out_dir, progress=not quiet, top=top)
-    if as_json:
-        return _print_json({"run": str(run_dir), **_headline(metrics)})
-    _summary(metrics, f"{run_dir} on {metrics['data']}")
     target = out_dir or run_dir
+    if as_json:
+        return _print_json({"run": str(run_dir), **_headline(metrics), **_combined_json(target)})
+    _summary(metrics, f"{run_dir} on {metrics['data']}")
+    _combined(target)
     out.print(f"report: {target / 'report.md'}  {target / 'report.html'}")
 
 
@@ -413,6 +445,7 @@ def predict(
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     overwrite: bool = typer.Option(False, "--overwrite", help="discard an interrupted run's output instead of resuming it"),
     sync_seconds: float = typer.Option(2.0, "--sync-seconds", min=0, help="how often finished rows are made durable"),
+    task: Optional[str] = typer.Option(None, "--task", help="multi-task run: the task to answer (default: the run's own)"),
     engine: Optional[str] = ENGINE_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON (nothing else on stdout)"),
@@ -425,7 +458,7 @@ def predict(
     from .predict.predictor import predict_file
 
     info = predict_file(run_dir, input_path, output_path, batch_size=batch_size, progress=not (quiet or as_json),
-                        overwrite=overwrite, sync_seconds=sync_seconds)
+                        overwrite=overwrite, sync_seconds=sync_seconds, task=task)
     if as_json:
         return _print_json(info)
     resumed = f", resumed after {info['resumed_from']}" if info.get("resumed_from") else ""

@@ -53,6 +53,16 @@ class Examples:
         )
 
 
+@dataclass
+class TaskExamples:
+    """Another task of a multi-task run with its data (training.py builds these; the methods that
+    declare MULTI_TASK read them)."""
+
+    task: TaskSpec
+    train: Examples | None
+    validation: Examples | None
+
+
 def _format(path: Path) -> str:
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:

@@ -255,6 +255,30 @@ class Run:
     def model_dir(self) -> Path:
         return self.dir / "model"
 
+    @property
+    def tasks(self) -> dict[str, TaskSpec]:
+        """Every task the run's model answers, its own first; a multi-task run keeps the others'
+        frozen specs in ``tasks/<name>.yaml`` (in training order, listed in config.yaml)."""
+        out = {self.task.name: self.task}
+        for name in self.config.get("tasks") or []:
+            if name != self.task.name:
+                out[name] = load_task(self.dir / "tasks" / f"{name}.yaml")
+        return out
+
+    def task_named(self, name: str | None) -> TaskSpec:
+        """The task called ``name`` (None: the run's own), or a RunError that lists the run's tasks."""
+        if name is None:
+            return self.task
+        tasks = self.tasks
+        if name not in tasks:
+            raise RunError(f"the run {self.dir} has no task {name!r}", [f"its tasks: {', '.join(tasks)}"])
+        return tasks[name]
+
+    def task_dir(self, name: str, root: Path | None = None) -> Path:
+        """Where a task's evaluation files go: the run's own task at the root, others in tasks/<name>/."""
+        root = self.dir if root is None else Path(root)
+        return root if name == self.task.name else root / "tasks" / name
+
     @classmethod
     def load(cls, run_dir: str | Path, partial_ok: bool = False) -> "Run":
         """The run in ``run_dir``, checked against its manifest. ``partial_ok``: a run still being

@@ -82,6 +82,13 @@ class GenerativeSettings(BaseModel):
     answer_budget: AtLeast1 | None = None  # tokens kept for the answer; None: from the training answers
 
 
+class MultiTaskSettings(BaseModel):
+    """More task specs trained into (or, zero-shot, answered by) the same model: each adds its own
+    training data and prompt; the run answers, evaluates and serves every one (training.py)."""
+
+    tasks: list[str] = Field(default_factory=list)
+
+
 # --- builders ---------------------------------------------------------------------------------
 
 def quantization_config(adapters: AdapterSettings):

@@ -20,10 +20,16 @@ NORMALIZERS = ("casefold", "whitespace", "strip_suffixes")
 
 
 class Subset(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    label_in: list[str]
+    """Rows reported separately: those whose reference is one of ``label_in`` (recall into the
+    group), or those whose data column ``column`` holds one of ``values`` (the task's headline rate
+    on them; e.g. the economic articles of a company-extraction task, which has no labels)."""
 
-    @field_validator("label_in", mode="before")
+    model_config = ConfigDict(extra="forbid")
+    label_in: list[str] | None = None
+    column: str | None = None
+    values: list[str] | None = None
+
+    @field_validator("label_in", "values", mode="before")
     @classmethod
     def _strs(cls, v: Any) -> Any:
         return [str(x) for x in v] if isinstance(v, list) else v
@@ -209,12 +215,21 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
         if not isinstance(ent, str) or not ent.strip() or any(c in ent for c in '"\\') or any(ord(c) < 32 for c in ent):
             problems.append(f"entity {ent!r} cannot be a JSON key of the answer: use a plain name such as 'companies'")
     subsets = raw.get("subsets")
-    if isinstance(subsets, dict) and names:
-        for sname, sub in subsets.items():
-            if isinstance(sub, dict) and isinstance(sub.get("label_in"), list):
-                unknown = [str(x) for x in sub["label_in"] if str(x) not in names]
-                if unknown:
-                    problems.append(f"subset '{sname}' names unknown labels {unknown}: use labels from {names}")
+    for sname, sub in (subsets.items() if isinstance(subsets, dict) else ()):
+        if not isinstance(sub, dict):
+            continue
+        by_label, by_column = "label_in" in sub, "column" in sub or "values" in sub
+        if by_label == by_column:
+            problems.append(f"subset '{sname}' needs either label_in: [labels] or column: NAME with values: [...]")
+        elif by_column and not (sub.get("column") and isinstance(sub.get("values"), list) and sub["values"]):
+            problems.append(f"subset '{sname}' needs both column: NAME and a non-empty values: [...]")
+        elif by_label and kind == "extraction":
+            problems.append(f"subset '{sname}': extraction tasks have no labels; select its rows by a data column "
+                            "instead (column: category, values: [economic])")
+        elif by_label and names and isinstance(sub.get("label_in"), list):
+            unknown = [str(x) for x in sub["label_in"] if str(x) not in names]
+            if unknown:
+                problems.append(f"subset '{sname}' names unknown labels {unknown}: use labels from {names}")
     text = raw.get("text")
     fields = [text] if isinstance(text, str) else text if isinstance(text, list) else []
     if raw.get("label_column") is not None and raw["label_column"] in fields:
@@ -250,6 +265,25 @@ def load_task(path: str | Path) -> TaskSpec:
         raise TaskError(f"{path} is not UTF-8 text", [f"{e}: re-save the file as UTF-8"]) from None
     raw, duplicates = _parse_yaml(text, str(path))
     return parse_task(raw, str(path), duplicates, base_dir=path.resolve().parent)
+
+
+def check_task_set(tasks: list[TaskSpec]) -> None:
+    """Specs trained into one model answer about the same records, and their combined table is
+    broken down by the same columns: every disagreement is reported at once, with the fix."""
+    first, problems = tasks[0], []
+    names = [t.name for t in tasks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"task names {dupes} appear more than once: give every spec its own 'name'")
+    for t in tasks[1:]:
+        if t.text != first.text:
+            problems.append(f"task {t.name!r} reads text fields {t.text}, task {first.name!r} reads {first.text}: "
+                            f"use the same 'text' in every spec (the model answers every task about the same records)")
+        if sorted(t.slices) != sorted(first.slices):
+            problems.append(f"task {t.name!r} has slices {t.slices}, task {first.name!r} has {first.slices}: "
+                            "use the same 'slices' in every spec (the combined table is broken down by them)")
+    if problems:
+        raise TaskError(f"the {len(tasks)} task specs cannot be trained into one model:", problems)
 
 
 def as_task(task: TaskSpec | str | Path | dict) -> TaskSpec:

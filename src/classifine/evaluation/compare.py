@@ -27,20 +27,23 @@ class Evaluated:
     name: str
     run: Run
     metrics: dict
+    task: str | None = None  # another task of a multi-task run (its files in tasks/<name>/)
 
     @property
     def rows(self) -> list[dict]:
-        return read_predictions(self.run.dir / "predictions.jsonl")
+        return read_predictions(self.run.task_dir(self.task or self.run.task.name) / "predictions.jsonl")
 
 
-def load_evaluated(run_dir: str | Path) -> Evaluated:
-    run = Run.load(run_dir)
-    missing = [f for f in ("metrics.json", "predictions.jsonl") if not (run.dir / f).is_file()]
+def load_evaluated(run_dir: str | Path | Run, task: str | None = None) -> Evaluated:
+    run = run_dir if isinstance(run_dir, Run) else Run.load(run_dir)
+    where = run.task_dir(task or run.task.name)
+    missing = [f for f in ("metrics.json", "predictions.jsonl") if not (where / f).is_file()]
     if missing:
-        raise RunError(f"run {run.dir} has not been evaluated (no {' or '.join(missing)})",
+        what = f"run {run.dir}" + (f" (task {task})" if task else "")
+        raise RunError(f"{what} has not been evaluated (no {' or '.join(missing)})",
                        [f"evaluate it first: classifine eval {run.dir} --data TEST_FILE"])
-    metrics = json.loads((run.dir / "metrics.json").read_text(encoding="utf-8"))
-    return Evaluated(name=run.dir.name, run=run, metrics=metrics)
+    metrics = json.loads((where / "metrics.json").read_text(encoding="utf-8"))
+    return Evaluated(name=run.dir.name, run=run, metrics=metrics, task=task)
 
 
 def _load_all(run_dirs: list) -> list[Evaluated]:
@@ -180,12 +183,17 @@ def compare(run_dirs: list, align_on: str | None = None) -> dict:
             cells = [m["slices"][col].get(v) for m in results]
             lines.append((f"{col} = {v}", [None if c is None else _entry(c[head], c["correct"], c["n"]) for c in cells]))
         sections.append(_table(f"{METRICS[head].header.capitalize()} by {col}", names, lines))
-    if task.subsets and task.kind != "extraction":
-        lines = []
-        for name in task.subsets:
-            subs = [m["subsets"][name] for m in results]
+    lines = []
+    for name in task.subsets:
+        subs = [m["subsets"].get(name) for m in results]
+        if any(s is None for s in subs):  # a column subset whose column the evaluation data lacks
+            continue
+        if "labels" in subs[0]:
             lines.append((f"{name}: recall", [_entry(s["recall"], s["found"], s["relevant"]) for s in subs]))
             lines.append((f"{name}: exact label accuracy", [_entry(s["accuracy"], s["correct"], s["n"]) for s in subs]))
+        else:
+            lines.append((f"{name}: {METRICS[subs[0]['metric']].name}", [_entry(s["rate"], s["correct"], s["n"]) for s in subs]))
+    if lines:
         sections.append(_table("Subsets", names, lines,
                                "recall: rows whose reference is in the subset that were predicted inside it"))
     if results[0].get("per_class"):
@@ -194,8 +202,51 @@ def compare(run_dirs: list, align_on: str | None = None) -> dict:
             pcs = [m["per_class"].get(lab) for m in results]
             lines.append((f"{lab} (n={pcs[0]['support']})", [None if p is None else _entry(p["f1"]) for p in pcs]))
         sections.append(_table("F1 per class", names, lines))
+    sections = _combined_sections(evs, names, align_on) + sections
     return {"task": task.name, "kind": task.kind, "runs": [_describe(e) for e in evs], "alignment": info,
             "data": evs[0].metrics.get("data"), "sections": sections, "results": results}
+
+
+def _combined_sections(evs: list[Evaluated], names: list[str], align_on: str | None) -> list[dict]:
+    """Runs that answer the same several tasks (multi-task runs, and their zero-shot base): the
+    combined table and the subsets, rebuilt from each task's predictions with the first run's
+    specs, then each other task's overall metrics. Runs of one task get nothing here."""
+    from .multitask import combine
+
+    tasks = evs[0].run.tasks
+    if len(tasks) < 2:
+        return []
+    problems = [f"{e.name} answers {list(e.run.tasks)}, {evs[0].name} answers {list(tasks)}" for e in evs[1:]
+                if set(e.run.tasks) != set(tasks)]
+    if problems:
+        raise RunError("these multi-task runs answer different tasks:", problems + ["compare runs trained on the same task specs"])
+    rows: list[dict[str, list[dict]]] = [{} for _ in evs]
+    for name in tasks:
+        per_task = [load_evaluated(e.run, None if name == e.run.task.name else name) for e in evs]
+        for pt, e in zip(per_task, evs):
+            pt.name = e.name
+        aligned, _ = _align(per_task, align_on)
+        for i, r in enumerate(aligned):
+            rows[i][name] = r
+    combos = [combine(tasks, r) for r in rows]
+    lines = [(line["label"], [_entry(c["table"][k]["rate"], c["table"][k]["num"], c["table"][k]["den"]) for c in combos])
+             for k, line in enumerate(combos[0]["table"])]
+    rates = ", ".join(f"{n}: {METRICS[m].name}" for n, m in combos[0]["metrics"].items())
+    out = [_table("All tasks", names, lines, f"each task-level example counts once, with its task's rate ({rates})")]
+    for sname, first in combos[0]["subsets"].items():
+        lines = [(f"{line['task']} · {line['label']} ({line['metric']})",
+                  [_entry(c["subsets"][sname][k]["rate"], c["subsets"][sname][k]["num"], c["subsets"][sname][k]["den"])
+                   for c in combos]) for k, line in enumerate(first)]
+        out.append(_table(f"Subset {sname}", names, lines))
+    for name, task in tasks.items():
+        if name == evs[0].run.task.name:
+            continue
+        results = [assemble_from_rows(task, r[name]) for r in rows]
+        keyed = [{x["key"]: x for x in key_metrics(task.kind, m)} for m in results]
+        order = list(dict.fromkeys(k for d in keyed for k in d))
+        out.append(_table(f"Overall: {name}", names, [(next(d[k]["name"] for d in keyed if k in d), [d.get(k) for d in keyed])
+                                                      for k in order]))
+    return out
 
 
 def _describe(e: Evaluated) -> dict:

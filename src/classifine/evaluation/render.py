@@ -88,10 +88,29 @@ def slice_table(kind: str, values: dict) -> dict:
 
 
 def subset_table(subsets: dict) -> dict:
-    rows = [[name, ", ".join(s["labels"]), str(s["n"]), cell(s["recall"], s["found"], s["relevant"]),
-             cell(s["precision"], s["found"], s["predicted"]), cell(s["accuracy"], s["correct"], s["n"])]
-            for name, s in subsets.items()]
-    return {"headers": ["subset", "reference labels", "rows", "recall", "precision", "exact label accuracy"], "rows": rows}
+    rows = []
+    for name, s in subsets.items():
+        if "labels" in s:
+            rows.append([name, "reference in " + ", ".join(s["labels"]), str(s["n"]), cell(s["recall"], s["found"], s["relevant"]),
+                         cell(s["precision"], s["found"], s["predicted"]), cell(s["accuracy"], s["correct"], s["n"])])
+        else:
+            rows.append([name, f"{s['column']} in " + ", ".join(s["values"]), str(s["n"]), "–", "–",
+                         cell(s["rate"], s["correct"], s["n"]) + f" ({METRICS[s['metric']].name})"])
+    return {"headers": ["subset", "rows", "n", "recall", "precision", "exact answers"], "rows": rows}
+
+
+def combined_sections(c: dict) -> list[dict]:
+    """The multi-task tables (evaluation/multitask.py ``combine``): every task-level example once,
+    by task and by slice; then each subset per task and slice."""
+    rates = ", ".join(f"{name}: {METRICS[metric].name}" for name, metric in c["metrics"].items())
+    out = [{"title": "All tasks", "headers": ["", "rate (correct/rows)"],
+            "note": f"each task-level example counts once, with its task's rate ({rates})",
+            "rows": [[line["label"], cell(line["rate"], line["num"], line["den"])] for line in c["table"]]}]
+    for name, lines in c["subsets"].items():
+        out.append({"title": f"Subset {name}", "headers": ["task", "rows", "metric", "rate"],
+                    "rows": [[line["task"], line["label"], line["metric"], cell(line["rate"], line["num"], line["den"])]
+                             for line in lines]})
+    return out
 
 
 def sections(task, m: dict, images: dict[str, bytes] | None = None) -> list[dict]:
@@ -108,6 +127,8 @@ def sections(task, m: dict, images: dict[str, bytes] | None = None) -> list[dict
     if m.get("subsets"):
         out.append({"title": "Subsets", **subset_table(m["subsets"]),
                     "note": "recall: rows whose reference is in the subset and that were predicted inside it"})
+    if m.get("combined"):
+        out = combined_sections(m["combined"]) + out
     if m.get("truncation"):
         out.append(truncation_table(m["truncation"]))
     if m.get("per_class"):

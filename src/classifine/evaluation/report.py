@@ -28,7 +28,7 @@ from ..errors import DataError
 from ..predict.predictor import Predictor
 from ..scoring import metrics as M
 from ..scoring.decision import decide
-from ..scoring.kinds import KINDS, beats_baseline, compute_metrics, trivial_baseline
+from ..scoring.kinds import KINDS, beats_baseline, compute_metrics, row_hits, trivial_baseline
 
 INVALID = "(invalid)"
 # keys a predictions.jsonl row uses itself; data columns of the same name are not copied
@@ -77,10 +77,10 @@ def summary(task, m: dict) -> dict:
 
 
 def row_is_correct(task, gold, pred) -> bool:
-    if task.kind == "extraction":
-        g, p, _ = M.entity_sets(gold, pred, task.min_confidence, task.normalize)
-        return g == p
-    return set(gold) == set(pred) if task.kind == "multi_label" else gold == pred
+    """By the kind's headline: the whole label set for multi_label (not the top-1 of ``row_hits``)."""
+    if task.kind == "multi_label":
+        return set(gold) == set(pred)
+    return row_hits(task, [gold], [pred])[0]
 
 
 def row_confidence(task, gold, pred, probs_row) -> float | None:
@@ -130,8 +130,8 @@ def assemble(task, texts: list[str], gold: list, pred: list, probs: np.ndarray |
     result["slices"] = slices
     # a slice the spec names but the evaluation file lacks is said, not silently left out
     result["missing_slices"] = [c for c in task.slices if c not in columns]
+    result["subsets"] = subset_results(task, gold, pred, probs, columns)
     if task.kind != "extraction":
-        result["subsets"] = {name: M.subset_scores(task.kind, gold, pred, s.label_in) for name, s in task.subsets.items()}
         result["confused_pairs"] = M.confused_pairs(gold, pred, top)
     wrong = [(row_confidence(task, g, p, None if probs is None else probs[i]), i)
              for i, (g, p) in enumerate(zip(gold, pred)) if not row_is_correct(task, g, p)]
@@ -143,6 +143,25 @@ def assemble(task, texts: list[str], gold: list, pred: list, probs: np.ndarray |
     result["mistakes_total"] = len(wrong)
     result["fingerprint"] = fingerprint(texts, gold)
     return result
+
+
+def subset_results(task, gold: list, pred: list, probs: np.ndarray | None, columns: dict[str, list[str]]) -> dict:
+    """Every subset of the spec: by reference labels (recall into the group, scoring/metrics.py), or
+    by a data column's values (the kind's per-row rate on those rows, scoring/kinds.py ``row_hits``).
+    A column subset whose column the evaluation data lacks is left out."""
+    out = {}
+    for name, s in task.subsets.items():
+        if s.label_in is not None:
+            out[name] = M.subset_scores(task.kind, gold, pred, s.label_in)
+            continue
+        values = columns.get(s.column) if s.column != task.label_column else [str(g) for g in gold]
+        if values is None:
+            continue
+        idx = [i for i, v in enumerate(values) if v in set(s.values)]
+        hits = row_hits(task, [gold[i] for i in idx], [pred[i] for i in idx], None if probs is None else probs[idx])
+        out[name] = {"column": s.column, "values": list(s.values), "metric": KINDS[task.kind].row_metric,
+                     "n": len(idx), "correct": int(sum(hits)), "rate": sum(hits) / len(idx) if idx else 0.0}
+    return out
 
 
 def _slice_order(groups: dict[str, list[int]]):
@@ -211,7 +230,7 @@ def prediction_rows(task, texts, gold, pred, probs, invalid, columns) -> list[di
 
 
 def write_report(out_dir: Path, task, texts, gold, pred, probs, invalid, columns, result: dict) -> None:
-    from .render import confusion_png, reliability_png, render_html, render_markdown
+    from .render import confusion_png, reliability_png
 
     rows = prediction_rows(task, texts, gold, pred, probs, invalid, columns)
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -226,6 +245,16 @@ def write_report(out_dir: Path, task, texts, gold, pred, probs, invalid, columns
     for name in ("confusion", "reliability"):
         if name not in images:
             (out_dir / f"{name}.png").unlink(missing_ok=True)
+    render_report(out_dir, task, result)
+
+
+def render_report(out_dir: Path, task, result: dict) -> None:
+    """metrics.json, report.md and report.html from the result and the plots beside them (written
+    again when a multi-task evaluation adds the combined table)."""
+    from .render import render_html, render_markdown
+
+    images = {name: (out_dir / f"{name}.png").read_bytes() for name in ("confusion", "reliability")
+              if (out_dir / f"{name}.png").is_file()}
     atomic_write_json(out_dir / "metrics.json", result)
     atomic_write_text(out_dir / "report.md", render_markdown(task, result, images))
     atomic_write_text(out_dir / "report.html", render_html(task, result, images))
@@ -249,7 +278,8 @@ def assemble_from_rows(task, rows: list[dict], top: int = 10) -> dict:
     if rows and all("probabilities" in r for r in rows):
         probs = np.array([[r["probabilities"][lab] for lab in task.label_names] for r in rows], dtype=np.float64)
     invalid = [bool(r.get("invalid", False)) for r in rows] if any("invalid" in r for r in rows) else None
-    columns = {c: [str(r.get(c, "")) for r in rows] for c in task.slices if any(c in r for r in rows)}
+    wanted = [*task.slices, *(s.column for s in task.subsets.values() if s.column)]
+    columns = {c: [str(r.get(c, "")) for r in rows] for c in wanted if any(c in r for r in rows)}
     return assemble(task, texts, gold, pred, probs, invalid, columns, top=top)
 
 
@@ -258,9 +288,13 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, out_dir: s
     """``classifine eval``: evaluate a finished run on ``data`` (default: the test file it was
     trained with) and write the report into ``out_dir`` (default: the run directory)."""
     run = Run.load(run_dir)
+    target = Path(out_dir) if out_dir is not None else run.dir
+    if len(run.tasks) > 1:
+        from .multitask import evaluate_run_tasks
+
+        return evaluate_run_tasks(run, data, target, progress=progress, top=top)
     path = Path(data) if data is not None else run.task.data_path("test")
     if path is None:
         raise DataError("no evaluation data", ["pass --data FILE (the run was trained without test data)"])
     examples = load_examples(run.task, path)
-    target = Path(out_dir) if out_dir is not None else run.dir
     return evaluate(Predictor.load(run), examples, target, progress=progress, top=top)

@@ -25,6 +25,8 @@ from .decoding import EntityDecoder, LabelScorer, generate_answers, parse_answer
 from .prompts import PromptFormat, answer_budget, frame_tokens, truncate_texts
 
 META = "generative.json"
+# what differs between the tasks of a multi-task run (generative.json's "tasks" holds these per task)
+TASK_META = ("kind", "labels", "answer_budget", "temperature")
 
 
 def load_causal_lm(model: str, adapters: AdapterSettings):
@@ -111,12 +113,28 @@ class GenerativeScorer:
         self.fmt = PromptFormat.for_tokenizer(tokenizer)
         self._label_scorer = label_scorer
         self._entity_decoder: EntityDecoder | None = None
+        self.root: GenerativeScorer | None = None  # the run's own task's scorer, for a multi-task run's others
 
     @classmethod
     def load(cls, model_dir: Path) -> "GenerativeScorer":
         run = GenerativeRun.read(model_dir)
         model, tokenizer = run.load_model()
         return cls(model, tokenizer, run.meta, load_task(Path(model_dir).parent / "task.yaml"))
+
+    def for_task(self, task: TaskSpec) -> "GenerativeScorer":
+        """The scorer of another task of a multi-task run: the same model and tokenizer (loaded
+        once), that task's prompt, answer budget and calibration."""
+        root = self.root or self
+        if task.name == root.task.name:
+            return root
+        tasks = root.meta.get("tasks") or {}
+        if task.name not in tasks:
+            raise ConfigError(f"this model was not trained for the task {task.name!r}",
+                              [f"its tasks: {', '.join([root.task.name, *tasks])}"])
+        meta = {k: v for k, v in root.meta.items() if k not in TASK_META and k != "tasks"}
+        scorer = GenerativeScorer(self.model, self.tokenizer, {**meta, **tasks[task.name]}, task)
+        scorer.root = root
+        return scorer
 
     def _texts(self, texts: list[str]) -> list[str]:
         return truncate_texts(self.fmt, self.task, texts, self.meta["max_length"], self.answer_budget)[0]

@@ -221,15 +221,32 @@ def calibrate(task: TaskSpec, net, tokenizer, validation: Examples, config) -> d
     return calibration(task.kind, scores, targets)
 
 
+def task_answer_budget(task: TaskSpec, fmt: PromptFormat, labels: list | None, given: int | None = None) -> int:
+    """Tokens kept for the answer: the user's, else read from the training answers (extraction) or
+    the longest label's answer."""
+    if given:
+        return given
+    return extraction_answer_budget(fmt, task, labels) if task.kind == "extraction" else answer_budget(task, fmt)
+
+
+def other_tasks_meta(others, net, tokenizer, config, budgets: dict[str, int]) -> dict:
+    """What generative.json keeps per other task of a multi-task run (causal_lm.TASK_META)."""
+    return {o.task.name: {"kind": o.task.kind, "labels": o.task.label_names, "answer_budget": budgets.get(o.task.name),
+                          **calibrate(o.task, net, tokenizer, o.validation, config)} for o in others}
+
+
 def train_and_save(trainer, task: TaskSpec, tokenizer, validation: Examples, config, model: str, run_dir: Path,
-                   resume: bool) -> dict:
-    """Train (continuing from a checkpoint with ``resume``), calibrate the best model and save the
-    run's model folder; returns the facts every generative method records."""
+                   resume: bool, others=(), budgets: dict[str, int] | None = None) -> dict:
+    """Train (continuing from a checkpoint with ``resume``), calibrate the best model (for each task
+    of a multi-task run) and save the run's model folder; returns the facts every generative method
+    records."""
     checkpoint = resume_checkpoint(run_dir, resume)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     resumed = checkpoint is not None
     best = trainer.model
     facts = calibrate(task, best, tokenizer, validation, config)
+    if others:
+        facts["tasks"] = other_tasks_meta(others, best, tokenizer, config, budgets or {})
     GenerativeRun.save(run_dir / "model", task, model, config, best, tokenizer, **facts)
     return {"steps": int(result.global_step), "train_loss": float(result.training_loss),
             "best_checkpoint": trainer.state.best_model_checkpoint, "best_metric": trainer.state.best_metric,
@@ -253,8 +270,7 @@ def plan_budget(task: TaskSpec, train: Examples, config, tokenizer, model_path: 
     user set them), and the facts behind them: prompt frame, answer budget, text lengths and what
     the budget cuts (core/budget.py). A user's max_length that blinds the model is refused here."""
     fmt = PromptFormat.for_tokenizer(tokenizer)
-    answer = config.answer_budget or (extraction_answer_budget(fmt, task, train.labels) if task.kind == "extraction"
-                                      else answer_budget(task, fmt))
+    answer = task_answer_budget(task, fmt, train.labels, config.answer_budget)
     frame = frame_tokens(fmt, task)
     caps = {} if model_path is None else model_caps(model_path, config.batch_size, training=True)
     facts = plan_max_length(token_lengths(tokenizer, train.texts, config.seed), frame + answer, config.max_length,

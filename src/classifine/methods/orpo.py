@@ -3,8 +3,8 @@
 chosen = the gold answer; rejected = the model's own wrong answer where it has one (label scoring
 of the untuned model), else a sampled wrong label; multi-label questions flip yes/no; extraction
 gets a corrupted entity set (an entity dropped, or a wrong span added). Several tasks can be trained
-into one model: ``tasks: [other.yaml, ...]`` adds each spec's training data, every example carrying
-its own task's instruction; the run's own task is the first. ``class_weight`` acts by sampling
+into one model (``tasks: [other.yaml, ...]``, read by training.py): each adds its training data,
+every example carrying its own task's instruction; the run's own task picks the best checkpoint. ``class_weight`` acts by sampling
 (each task's pairs drawn in proportion to its class weights), since TRL's ORPO loss takes no weights.
 
 ORPOTrainer computes full-vocabulary logits for chosen and rejected sequences, so a step costs
@@ -17,27 +17,26 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
 
-from ..core.data import Examples, load_examples
-from ..core.runs import atomic_write_text
-from ..core.settings import (AdapterSettings, AtLeast1, GenerativeSettings, Positive, TrainerSettings,
-                             quiet_trainer, trainer_callbacks, training_arguments)
-from ..core.task import TaskSpec, load_task
-from ..errors import ConfigError
+from ..core.data import Examples, TaskExamples
+from ..core.settings import (AdapterSettings, AtLeast1, GenerativeSettings, MultiTaskSettings, Positive,
+                             TrainerSettings, quiet_trainer, trainer_callbacks, training_arguments)
+from ..core.task import TaskSpec
 from ..generative.causal_lm import GenerativeScorer, load_causal_lm
 from ..generative.decoding import LabelScorer
 from ..generative.prompts import PromptFormat, answer_text, truncate_texts
-from ..generative.trainer import example_weights, selection_metric, task_trainer, train_and_save, training_pairs
+from ..generative.trainer import (example_weights, selection_metric, task_answer_budget, task_trainer, train_and_save,
+                                  training_pairs)
 from ..generative.trainer import prepare as prepare_generative
 
 KINDS = ("single_label", "multi_label", "ordinal", "extraction")
 REFUSED: dict[str, str] = {}
 NEEDS_MODEL = True
 TRAINS = True
+MULTI_TASK = True
 
 
-class Config(TrainerSettings, AdapterSettings, GenerativeSettings):
+class Config(TrainerSettings, AdapterSettings, GenerativeSettings, MultiTaskSettings):
     epochs: Positive = 1.0
     learning_rate: Positive = 1e-4
     beta: Positive = 0.1          # weight of the odds-ratio term
@@ -45,7 +44,6 @@ class Config(TrainerSettings, AdapterSettings, GenerativeSettings):
     scheduler: Literal["cosine", "linear", "constant"] = "linear"
     negatives: AtLeast1 = 1
     own_rejections: bool = True    # rejected = the model's own wrong answer where it has one
-    tasks: list[str] = Field(default_factory=list)   # more task specs trained into the same model
 
 
 def _corrupt(gold: list[str], text: str, rng: random.Random) -> list[str]:
@@ -89,24 +87,20 @@ def build_pairs(task: TaskSpec, examples: Examples, fmt: PromptFormat, model, to
 
 
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str,
-        run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
+        run_dir: Path, progress: bool = True, resume: bool = False, others: list[TaskExamples] = ()) -> dict:
     from datasets import Dataset
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     # --- setup: the pairs of every task, each with its own instruction ---
     tokenizer, net = load_causal_lm(model, config)
     fmt = PromptFormat.for_tokenizer(tokenizer)
-    extra = [load_task(p) for p in config.tasks]
-    missing = [t.name for t in extra if t.data_path("train") is None]
-    if missing:
-        raise ConfigError("tasks listed in 'tasks' need training data", [f"set data.train in the spec of {missing}"])
     rows = build_pairs(task, train, fmt, net, tokenizer, config)
-    per_task = {task.name: len(rows)}
-    for other in extra:
-        other_rows = build_pairs(other, load_examples(other, other.data_path("train")), fmt, net, tokenizer, config)
-        per_task[other.name] = len(other_rows)
+    per_task, budgets = {task.name: len(rows)}, {}
+    for o in others:
+        budgets[o.task.name] = task_answer_budget(o.task, fmt, o.train.labels)
+        other_rows = build_pairs(o.task, o.train, fmt, net, tokenizer, config)
+        per_task[o.task.name] = len(other_rows)
         rows += other_rows
-        atomic_write_text(run_dir / "tasks" / f"{other.name}.yaml", other.to_yaml())
     own_share = float(np.mean([r.pop("own", False) for r in rows])) if rows else 0.0
     np.random.default_rng(config.seed).shuffle(rows)
     draw = [r.pop("draw") for r in rows]  # class weights act through the sampler: TRL's loss takes none
@@ -122,7 +116,7 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
                                  callbacks=trainer_callbacks(config, run_dir)), progress)
 
     # --- train, then save ---
-    info = train_and_save(trainer, task, tokenizer, validation, config, model, run_dir, resume)
+    info = train_and_save(trainer, task, tokenizer, validation, config, model, run_dir, resume, others, budgets)
     return {**info, "pairs": per_task, "rejected_from_own_answers": round(own_share, 4)}
 
 

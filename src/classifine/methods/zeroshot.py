@@ -14,9 +14,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ..core.data import Examples
+from ..core.data import Examples, TaskExamples
 from ..core.models import resolve
-from ..core.settings import GenerativeSettings, Settings
+from ..core.settings import GenerativeSettings, MultiTaskSettings, Settings
 from ..core.task import TaskSpec
 from ..generative.causal_lm import GenerativeRun, GenerativeScorer
 
@@ -24,9 +24,10 @@ KINDS = ("single_label", "multi_label", "ordinal", "extraction")
 REFUSED: dict[str, str] = {}
 NEEDS_MODEL = True
 TRAINS = False
+MULTI_TASK = True   # the base model of a multi-task run, answering every task from its prompt
 
 
-class Config(Settings, GenerativeSettings):
+class Config(Settings, GenerativeSettings, MultiTaskSettings):
     max_length: int = Field(default=512, ge=16)
 
 
@@ -35,9 +36,11 @@ def prepare(task: TaskSpec, train: Examples | None, config: Config, model: str) 
 
 
 def fit(task: TaskSpec, train: Examples | None, validation: Examples | None, config: Config, model: str,
-        run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
+        run_dir: Path, progress: bool = True, resume: bool = False, others: list[TaskExamples] = ()) -> dict:
     resolve(model)  # an unknown or missing model fails before anything is written
-    GenerativeRun.save(run_dir / "model", task, model, config, zero_shot=True, temperature=1.0)
+    tasks = {o.task.name: {"kind": o.task.kind, "labels": o.task.label_names, "temperature": 1.0} for o in others}
+    GenerativeRun.save(run_dir / "model", task, model, config, zero_shot=True, temperature=1.0,
+                       **({"tasks": tasks} if tasks else {}))
     return {"zero_shot": True}
 
 

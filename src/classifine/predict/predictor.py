@@ -25,15 +25,18 @@ BLANK = {"error": "blank record: every text field is empty, nothing to classify"
 
 
 class Predictor:
-    def __init__(self, run: Run, scorer, decision: dict):
-        self.run, self.task, self.scorer, self.decision = run, run.task, scorer, decision
+    def __init__(self, run: Run, scorer, decision: dict, task=None):
+        self.run, self.task, self.scorer, self.decision = run, task or run.task, scorer, decision
 
     @classmethod
-    def load(cls, run_dir: str | Path | Run, scorer=None, engine: str | None = None, build: bool = False) -> "Predictor":
+    def load(cls, run_dir: str | Path | Run, scorer=None, engine: str | None = None, build: bool = False,
+             task: str | None = None) -> "Predictor":
         """The run's own scorer (its method's ``Scorer``), or ``scorer(run)`` when given (vLLM).
         ``engine`` overrides the inference engine the run chose (methods whose Scorer has
-        ``ENGINES``; core/accel.py); ``build`` lets it write a missing graph into the run."""
+        ``ENGINES``; core/accel.py); ``build`` lets it write a missing graph into the run.
+        ``task`` names another task of a multi-task run (``Run.tasks``)."""
         run = run_dir if isinstance(run_dir, Run) else Run.load(run_dir)
+        spec = run.task_named(task)  # an unknown task fails before the model is loaded
         Scorer = get_method(run.method).Scorer
         if scorer is not None:
             scorer = scorer(run)
@@ -44,7 +47,21 @@ class Predictor:
                 check_engine(engine)
                 raise ConfigError(f"{run.method} runs have one inference engine", [f"drop --engine {engine}"])
             scorer = Scorer.load(run.model_dir)
-        return cls(run, scorer, read_decision(run.model_dir))
+        own = cls(run, scorer, read_decision(run.model_dir))
+        return own if spec.name == run.task.name else own.for_task(spec.name)
+
+    def for_task(self, name: str) -> "Predictor":
+        """The predictor of another task of this multi-task run, sharing the loaded model."""
+        spec = self.run.task_named(name)
+        if spec.name == self.task.name:
+            return self
+        if not hasattr(self.scorer, "for_task"):
+            raise ConfigError(f"{self.run.method} runs answer one task", [f"this run's task: {self.run.task.name}"])
+        return Predictor(self.run, self.scorer.for_task(spec), read_decision(self.run.model_dir, spec.name), spec)
+
+    def tasks(self) -> dict[str, "Predictor"]:
+        """A predictor per task of the run (one for a single-task run), all on the one loaded model."""
+        return {name: self.for_task(name) for name in self.run.tasks}
 
     @property
     def labels(self) -> list[str]:
@@ -99,7 +116,7 @@ class Predictor:
 
 def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 256,
                  progress: bool = True, predictor: Predictor | None = None, overwrite: bool = False,
-                 sync_seconds: float = 2.0) -> dict:
+                 sync_seconds: float = 2.0, task: str | None = None) -> dict:
     """Stream ``input_path`` in batches and write one prediction per record (JSONL or CSV).
 
     Memory stays flat in the input's size. Finished rows survive a crash or Ctrl-C, and running the
@@ -108,21 +125,28 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
     """
     from .resumable import predict_file as _predict_file
 
-    predictor = predictor or Predictor.load(run_dir)
+    predictor = predictor or Predictor.load(run_dir, task=task)
     return _predict_file(predictor, input_path, output_path, batch_size=batch_size, progress=progress,
                          overwrite=overwrite, sync_seconds=sync_seconds)
 
 
-def save_decision(model_dir: Path, decision: dict) -> None:
-    atomic_write_json(Path(model_dir) / DECISION, decision)
+def _decision_path(model_dir: Path, task: str | None) -> Path:
+    # the run's own task at model/decision.json; each other task of a multi-task run in model/tasks/<name>/
+    return Path(model_dir) / DECISION if task is None else Path(model_dir) / "tasks" / task / DECISION
 
 
-def read_decision(model_dir: Path) -> dict:
+def save_decision(model_dir: Path, decision: dict, task: str | None = None) -> None:
+    path = _decision_path(model_dir, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, decision)
+
+
+def read_decision(model_dir: Path, task: str | None = None) -> dict:
     """What was tuned on validation and is still to be applied; empty for runs without (zero-shot
     runs, extraction). Entries listed in ``folded`` are already applied by the model's own
     classifier layer (head runs, methods/head.py ``fold_decision``) and are left out, so they are
-    never applied twice; the file keeps them for the record."""
-    path = Path(model_dir) / DECISION
+    never applied twice; the file keeps them for the record. ``task``: another task of a multi-task run."""
+    path = _decision_path(model_dir, task)
     decision = json.loads(path.read_text()) if path.exists() else {}
     return {k: v for k, v in decision.items() if k not in set(decision.get("folded") or ())}
 

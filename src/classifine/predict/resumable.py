@@ -114,7 +114,8 @@ def predict_file(predictor, input_path: str | Path, output_path: str | Path, bat
     output_path.parent.mkdir(parents=True, exist_ok=True)
     partial, progress_path = sidecar_paths(output_path)
     identity = {"input": str(input_path.resolve()), "input_sha256": file_sha256(input_path),
-                "run": str(Path(predictor.run.dir).resolve()), "run_fingerprint": run_fingerprint(predictor.run), "format": fmt}
+                "run": str(Path(predictor.run.dir).resolve()), "run_fingerprint": run_fingerprint(predictor.run), "format": fmt,
+                **({"task": predictor.task.name} if predictor.task.name != predictor.run.task.name else {})}
     state = _resume_state(progress_path, partial, identity, overwrite, output_path)
     if state is None:
         partial.unlink(missing_ok=True)

@@ -59,16 +59,20 @@ class Kind:
     slice_metrics: tuple[str, ...]  # shown beside it in slice tables
     ranking: str                   # what a leaderboard sorts by
     summary: tuple[str, ...]       # what the CLI prints after train and eval
+    # the per-row rate a row counts with in a multi-task table and in a subset chosen by a data
+    # column (``row_hits``): a multi-label row counts by its top-1 label (the main section)
+    row_metric: str = ""
 
 
 KINDS: dict[str, Kind] = {
-    "single_label": Kind("accuracy", ("macro_f1",), "macro_f1", ("accuracy", "macro_f1", "weighted_f1", "micro_f1")),
+    "single_label": Kind("accuracy", ("macro_f1",), "macro_f1", ("accuracy", "macro_f1", "weighted_f1", "micro_f1"),
+                         "accuracy"),
     "ordinal": Kind("accuracy", ("macro_f1", "mae"), "macro_f1",
-                    ("accuracy", "macro_f1", "weighted_f1", "micro_f1", "mae")),
+                    ("accuracy", "macro_f1", "weighted_f1", "micro_f1", "mae"), "accuracy"),
     "multi_label": Kind("subset_accuracy", ("micro_f1", "macro_f1"), "macro_f1",
-                        ("subset_accuracy", "macro_f1", "weighted_f1", "micro_f1")),
+                        ("subset_accuracy", "macro_f1", "weighted_f1", "micro_f1"), "top1_exact_match"),
     "extraction": Kind("exact_match", ("precision", "recall", "f1"), "f1",
-                       ("exact_match", "exact_match_with_entities", "precision", "recall", "f1")),
+                       ("exact_match", "exact_match_with_entities", "precision", "recall", "f1"), "exact_match"),
 }
 HEADLINE = {kind: k.headline for kind, k in KINDS.items()}
 # what a trainer logs at each evaluation; a method's `metric` setting picks the one that selects checkpoints
@@ -96,6 +100,25 @@ def compute_metrics(task, gold: list, pred: list, probs: np.ndarray | None = Non
     if invalid is not None:
         out["invalid_output"] = M.invalid_output(invalid)
     return out
+
+
+def row_hits(task, gold: list, pred: list, probs: np.ndarray | None = None) -> list[bool]:
+    """Whether each row is right by its kind's ``row_metric``: the label (single_label, ordinal);
+    the highest-probability label equals the reference's first (multi_label top-1; the answer's
+    first label without probabilities); the entity set after the confidence cut and normalisation
+    (extraction). An invalid row (no answer) is wrong."""
+    if task.kind == "extraction":
+        hits = []
+        for g, p in zip(gold, pred):
+            ref, found, _ = M.entity_sets(g, p, task.min_confidence, task.normalize)
+            hits.append(ref == found)
+        return hits
+    if task.kind == "multi_label":
+        labels = task.label_names
+        tops = ([labels[int(np.argmax(row))] for row in probs] if probs is not None and len(probs)
+                else [p[0] if p else None for p in pred])
+        return [bool(g) and top == g[0] for g, top in zip(gold, tops)]
+    return [g == p for g, p in zip(gold, pred)]
 
 
 def trivial_baseline(task, gold: list) -> dict:

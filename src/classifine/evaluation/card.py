@@ -116,18 +116,28 @@ def _widget(run: Run, rows: list[dict]) -> list[dict]:
     return out
 
 
-def _front_matter(run: Run, m: dict, name: str, languages: list[str], license: dict, datasets: list[str],
-                  widget: list[dict]) -> str:
-    task, kind = run.task, run.task.kind
-    pipeline = pipeline_tag(run)
+def _index_result(task, m: dict, pipeline: str, datasets: list[str]) -> dict:
+    """One model-index result: a task's metrics on its evaluation data."""
     metrics = []
-    for r in key_metrics(kind, m):
+    for r in key_metrics(task.kind, m):
         if METRICS[r["key"]].hub:
             entry = {"type": METRICS[r["key"]].hub, "value": round(r["value"], 4), "name": r["name"]}
             if r["key"].startswith(("macro_", "micro_", "weighted_")):
                 entry["args"] = {"average": r["key"].split("_")[0]}
             metrics.append(entry)
     data_name = Path(str(m.get("data", "test"))).name
+    dataset = {"name": f"{task.name} ({data_name})", "type": datasets[0] if datasets else task.name, "split": "test"}
+    return {"task": {"type": pipeline, "name": f"{task.name}: {task.kind.replace('_', ' ')}"}, "dataset": dataset,
+            "metrics": metrics}
+
+
+def _front_matter(run: Run, m: dict, name: str, languages: list[str], license: dict, datasets: list[str],
+                  widget: list[dict], others: list[dict] = ()) -> str:
+    """The Hub metadata; a multi-task run gets a model-index result per evaluated task."""
+    task, kind = run.task, run.task.kind
+    pipeline = pipeline_tag(run)
+    results = [_index_result(task, m, pipeline, datasets)] + [_index_result(o["task"], o["m"], pipeline, datasets)
+                                                               for o in others]
     meta: dict = {}
     if languages:
         meta["language"] = languages
@@ -139,13 +149,12 @@ def _front_matter(run: Run, m: dict, name: str, languages: list[str], license: d
         meta["base_model"] = base
     if datasets:
         meta["datasets"] = list(datasets)
-    meta["tags"] = ["classifine", kind.replace("_", "-"), run.method]
-    meta["metrics"] = sorted({e["type"] for e in metrics})
+    meta["tags"] = ["classifine", *dict.fromkeys(t.kind.replace("_", "-") for t in [task, *(o["task"] for o in others)]),
+                    run.method, *(["multi-task"] if others else [])]
+    meta["metrics"] = sorted({e["type"] for r in results for e in r["metrics"]})
     if widget:
         meta["widget"] = widget
-    dataset = {"name": f"{task.name} ({data_name})", "type": datasets[0] if datasets else task.name, "split": "test"}
-    meta["model-index"] = [{"name": name, "results": [{
-        "task": {"type": pipeline, "name": kind.replace("_", " ")}, "dataset": dataset, "metrics": metrics}]}]
+    meta["model-index"] = [{"name": name, "results": results}]
     return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip()
 
 
@@ -319,6 +328,18 @@ def _install_hint() -> str:
     return "pip install -e /path/to/classifine   # a checkout of classifine's git repository (not on PyPI)"
 
 
+def _other_tasks(run: Run) -> list[dict]:
+    """The other tasks of a multi-task run that were evaluated: spec, metrics and report tables."""
+    out = []
+    for name, task in list(run.tasks.items())[1:]:
+        path = run.task_dir(name) / "metrics.json"
+        if path.is_file():
+            m = json.loads(path.read_text(encoding="utf-8"))
+            out.append({"task": task, "m": m, "sections": [s for s in sections(task, m, {})
+                                                          if s["title"] in ("Overall", "Subsets") or s["title"].startswith("By ")]})
+    return out
+
+
 def card_context(run_dir: str | Path, base: str | Path | None = None, license: str | None = None,
                  license_name: str | None = None, license_link: str | None = None, datasets: list[str] | None = None,
                  languages: list[str] | None = None, name: str | None = None, usage_path: str | None = None,
@@ -335,6 +356,7 @@ def card_context(run_dir: str | Path, base: str | Path | None = None, license: s
     name = name or run.dir.name
     langs = _languages(run, m, languages)
     record, example_row = _example(run, m, rows)
+    others = _other_tasks(run)
     comparison = compare([base, run.dir], align_on=align_on) if base is not None else None
     cfg = run.config
     lic = license_metadata(run, license, license_name, license_link)
@@ -343,7 +365,8 @@ def card_context(run_dir: str | Path, base: str | Path | None = None, license: s
     facts = model_facts(run)
     return {
         "name": name, "run": run, "task": run.task, "m": m, "cfg": cfg,
-        "front_matter": _front_matter(run, m, name, langs, lic, list(datasets or []), _widget(run, rows)),
+        "front_matter": _front_matter(run, m, name, langs, lic, list(datasets or []), _widget(run, rows), others),
+        "other_tasks": others,
         "license_note": _license_note(run, lic, license),
         "base_model": base_model_id(run) or cfg.get("model"), "weights_origin": _weights_origin(run),
         "model_package": facts.get("package"), "headline": key_metrics(run.task.kind, m)[0],

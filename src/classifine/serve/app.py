@@ -16,8 +16,10 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from contextlib import asynccontextmanager, closing
 from dataclasses import asdict, dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -92,33 +94,34 @@ class _RecordBase(BaseModel):
         return self
 
 
-def schemas(task: TaskSpec, settings: ServeSettings) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
-    """(Record, ClassifyRequest, ClassifyResponse) for this task."""
+def schemas(task: TaskSpec, settings: ServeSettings, prefix: str = "") -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+    """(Record, ClassifyRequest, ClassifyResponse) for this task; ``prefix`` names them apart in
+    OpenAPI when a multi-task run serves several tasks."""
     text = Annotated[str, StringConstraints(max_length=settings.max_chars)]
     # field names in a spec need not be Python identifiers ("from", "_id", "article body"): use aliases
     fields: dict[str, Any] = {f"f{i}": (text, Field(alias=name, description=f"the task's text field '{name}'"))
                               for i, name in enumerate(task.text)}
-    record = create_model("Record", __base__=_RecordBase, **fields)
+    record = create_model(f"{prefix}Record", __base__=_RecordBase, **fields)
     record.__doc__ = f"One record: the text fields {task.text} (joined in this order for the model)."
     request = create_model(
-        "ClassifyRequest", __config__=ConfigDict(extra="forbid"),
+        f"{prefix}ClassifyRequest", __config__=ConfigDict(extra="forbid"),
         inputs=(list[record], Field(min_length=1, max_length=settings.max_records,
                                     description=f"1 to {settings.max_records} records")))
     probs = (dict[str, float], Field(description=f"probability of every label: {task.label_names}"))
     # extra keys pass through: the predictor may flag e.g. "invalid" (free generation named no label)
     open_ = ConfigDict(extra="allow")
     if task.kind == "extraction":
-        entity = create_model("Entity", name=(str, ...), confidence=(float, Field(ge=0, le=1)))
-        output = create_model("Output", __config__=open_, entities=(list[entity], Field(
+        entity = create_model(f"{prefix}Entity", name=(str, ...), confidence=(float, Field(ge=0, le=1)))
+        output = create_model(f"{prefix}Output", __config__=open_, entities=(list[entity], Field(
             description=f"each {task.entity} at or above min_confidence {task.min_confidence}, with its confidence")),
             below_min_confidence=(list[entity], []))
     elif task.kind == "multi_label":
-        output = create_model("Output", __config__=open_, labels=(list[Literal[tuple(task.label_names)]], ...),
+        output = create_model(f"{prefix}Output", __config__=open_, labels=(list[Literal[tuple(task.label_names)]], ...),
                               probabilities=probs)
     else:
-        output = create_model("Output", __config__=open_, label=(Literal[tuple(task.label_names)], ...),
+        output = create_model(f"{prefix}Output", __config__=open_, label=(Literal[tuple(task.label_names)], ...),
                               confidence=(float, Field(ge=0, le=1)), probabilities=probs)
-    response = create_model("ClassifyResponse", outputs=(list[output], ...))
+    response = create_model(f"{prefix}ClassifyResponse", outputs=(list[output], ...))
     return record, request, response
 
 
@@ -220,7 +223,7 @@ def task_example(predictor, max_chars: int) -> dict | None:
     run = getattr(predictor, "run", None)
     if run is None:
         return None
-    task: TaskSpec = run.task
+    task: TaskSpec = predictor.task
     for split in ("test", "validation", "train"):
         path = task.data_path(split)
         if path is None or not path.is_file():
@@ -236,7 +239,7 @@ def task_example(predictor, max_chars: int) -> dict | None:
             if all(v.strip() for v in record.values()):
                 return {"record": record, "source": split}
     try:
-        with (run.dir / "predictions.jsonl").open(encoding="utf-8") as f:
+        with (run.task_dir(task.name) / "predictions.jsonl").open(encoding="utf-8") as f:
             text = json.loads(f.readline() or "{}").get("text")
     except (OSError, ValueError):
         return None
@@ -271,8 +274,11 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     task: TaskSpec = predictor.task
     record, request_model, response_model = schemas(task, settings)
     metrics = HTTPMetrics()
-    batcher = MicroBatcher(predictor.predict_texts, settings.max_batch_size, settings.max_wait_ms, settings.batching,
-                           settings.max_queue, observe=metrics.batch)
+    predictors = served_tasks(predictor)
+    # one queue and one model thread for every task: requests of different tasks share a model call's
+    # batch (grouped by task inside it), so the model is never run by two threads at once
+    batcher = MicroBatcher(partial(_predict_items, predictors), settings.max_batch_size, settings.max_wait_ms,
+                           settings.batching, settings.max_queue, observe=metrics.batch)
     document = task_document(predictor, settings, record, response_model)
 
     @asynccontextmanager
@@ -307,8 +313,8 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
 
     guarded = [Depends(authorized)]
 
-    async def predict(texts: list[str]) -> list[dict]:
-        outputs = await batcher.submit(texts)
+    async def predict(texts: list[str], name: str = task.name) -> list[dict]:
+        outputs = await batcher.submit([(name, t) for t in texts])
         metrics.records(len(texts))
         return outputs
 
@@ -325,7 +331,9 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/healthz", summary="Liveness and readiness")
     async def healthz() -> dict:
-        return {"status": "ok", "task": task.name, "queued_records": batcher.waiting}
+        return {"status": "ok", "task": task.name, "tasks": list(predictors), "queued_records": batcher.waiting}
+
+    _add_task_routes(app, predictors, settings, predict, guarded)
 
     @app.get("/metrics", dependencies=guarded, responses={401: ERROR_RESPONSES[401]},
              response_class=Response, summary="Prometheus metrics (text format)")
@@ -390,6 +398,75 @@ def _add_docs(app: FastAPI) -> None:
         return get_redoc_html(openapi_url=openapi, title=f"{app.title} - ReDoc",
                               redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url=f"{assets}/favicon.png",
                               with_google_fonts=False)
+
+
+# --- several tasks -----------------------------------------------------------------------------
+
+def served_tasks(predictor) -> dict:
+    """A predictor per task the server answers: every task of a multi-task run (one loaded model),
+    else the one task. A backend that cannot switch tasks (vLLM) serves the run's own task."""
+    run = getattr(predictor, "run", None)
+    tasks = getattr(run, "tasks", None) or {}
+    if len(tasks) > 1 and hasattr(predictor, "for_task") and hasattr(getattr(predictor, "scorer", None), "for_task"):
+        return {name: predictor.for_task(name) for name in tasks}
+    if len(tasks) > 1:
+        log.warning("this backend serves the run's own task %s only, not %s", predictor.task.name, list(tasks)[1:])
+    return {predictor.task.name: predictor}
+
+
+def _predict_items(predictors: dict, items: list[tuple[str, str]]) -> list[dict]:
+    """One model call's batch: (task, text) pairs of several requests, answered task by task."""
+    out: list[Any] = [None] * len(items)
+    by_task: dict[str, list[int]] = {}
+    for i, (name, _) in enumerate(items):
+        by_task.setdefault(name, []).append(i)
+    for name, idx in by_task.items():
+        for i, answer in zip(idx, predictors[name].predict_texts([items[i][1] for i in idx])):
+            out[i] = answer
+    return out
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", name) if part) or "Task"
+
+
+def _add_task_routes(app: FastAPI, predictors: dict, settings: ServeSettings, predict, guarded: list) -> None:
+    """``POST /v1/tasks/{name}/classify`` and ``GET /v1/tasks/{name}`` per task, each with the
+    schemas of its own spec in OpenAPI; ``GET /v1/tasks`` lists them. ``/v1/classify`` stays the
+    run's own task."""
+    documents = {}
+    prefix = len(predictors) > 1
+    for name, p in predictors.items():
+        record, request_model, response_model = schemas(p.task, settings, _camel(name) if prefix else "")
+        documents[name] = task_document(p, settings, record, response_model)
+        _task_route(app, name, p.task, request_model, response_model, settings, predict, guarded)
+
+    @app.get("/v1/tasks", dependencies=guarded, responses={401: ERROR_RESPONSES[401]},
+             summary="Every task this server answers, with its spec and schemas")
+    async def list_tasks() -> dict:
+        return {"tasks": documents}
+
+    @app.get("/v1/tasks/{name}", dependencies=guarded, responses={401: ERROR_RESPONSES[401], 404: {"model": ErrorBody}},
+             summary="One task's spec and schemas")
+    async def get_one_task(name: str) -> dict:
+        if name not in documents:
+            raise StarletteHTTPException(404, f"no task {name!r}: this server's tasks are {list(documents)}")
+        return documents[name]
+
+    @app.post("/v1/tasks/{name}/classify", include_in_schema=False)
+    async def unknown_task(name: str) -> None:
+        raise StarletteHTTPException(404, f"no task {name!r}: this server's tasks are {list(documents)}")
+
+
+def _task_route(app: FastAPI, name: str, task: TaskSpec, request_model, response_model, settings: ServeSettings,
+                predict, guarded: list) -> None:
+    async def classify_task(body: request_model):  # type: ignore[valid-type]
+        records = [r.model_dump(by_alias=True) for r in body.inputs]
+        return {"outputs": await predict(records_to_texts(task, records, source="request"), name)}
+
+    app.post(f"/v1/tasks/{name}/classify", response_model=response_model, dependencies=guarded,
+             responses=ERROR_RESPONSES, summary=f"{name}: {task.kind.replace('_', '-')}, 1 to {settings.max_records} records",
+             operation_id=f"classify_{re.sub(r'[^0-9A-Za-z_]', '_', name)}", tags=["tasks"])(classify_task)
 
 
 # --- running it -------------------------------------------------------------------------------

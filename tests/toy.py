@@ -123,3 +123,38 @@ def tiny_gemma(folder: Path, layers: int = 2) -> Path:
     Gemma3ForCausalLM(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def write_multitask(folder: Path, n_train: int = 48, n_test: int = 12) -> dict[str, Path]:
+    """One data file per split whose rows serve three tasks at once (a topic, the topics with the
+    main one first, the companies named), and a spec for each: a multi-task run's toy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = list(WORDS)
+    for split, n, seed in (("train", n_train, 3), ("test", n_test, 4)):
+        rng = random.Random(seed)
+        data = []
+        for i in range(n):
+            topics = [labels[i % 3]] + ([rng.choice([x for x in labels if x != labels[i % 3]])] if rng.random() < 0.4 else [])
+            ents = rng.sample(ORGS, rng.choice([1, 2])) if "business" in topics else []
+            body = (" and ".join(ents) + " " if ents else "") + _sentence(rng, topics)
+            data.append({"title": _sentence(rng, topics[:1], 4), "body": body, "topic": topics[0], "topics": "|".join(topics),
+                         "company": json.dumps(ents, ensure_ascii=False), "lang": rng.choice(["en", "ko"]),
+                         "month": f"2025-0{1 + i % 2}"})
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(data[0]))
+            w.writeheader()
+            w.writerows(data)
+    common = "text: [title, body]\nslices: [lang, month]\ndata: {train: train.csv, test: test.csv}\n"
+    specs = {
+        "topic": "name: topic\nkind: single_label\nlabel_column: topic\nlabels: [sports, business, weather]\n"
+                 "output: json\nsubsets: {business: {label_in: [business]}}\n",
+        "topics": "name: topics\nkind: multi_label\nlabel_column: topics\nlabels: [sports, business, weather]\n"
+                  "subsets: {business: {label_in: [business]}}\n",
+        "companies": "name: companies\nkind: extraction\nlabel_column: company\nentity: company\nmin_confidence: 0.5\n"
+                     "normalize: [casefold, strip_suffixes]\nsubsets: {business: {column: topic, values: [business]}}\n",
+    }
+    out = {}
+    for name, spec in specs.items():
+        (folder / f"{name}.yaml").write_text(spec + common, encoding="utf-8")
+        out[name] = folder / f"{name}.yaml"
+    return out

@@ -44,12 +44,42 @@ def review(folder, gold=None, others=(), apply=None) -> dict:
     return _review(folder, gold=gold, others=list(others), apply=apply)
 
 
-def load(run_dir):
-    """Load a finished run for prediction: ``classifine.load("runs/x").predict([{"title": ...}])``."""
+def load(run_dir, task=None):
+    """Load a finished run for prediction: ``classifine.load("runs/x").predict([{"title": ...}])``.
+    ``task`` names another task of a multi-task run (``.for_task(name)`` switches on the loaded model)."""
     from .predict.predictor import Predictor
 
-    return Predictor.load(run_dir)
+    return Predictor.load(run_dir, task=task)
 
 
-__all__ = ["train", "annotate", "review", "load", "AnnotatorError", "load_task", "TaskSpec", "ClassifineError", "TaskError", "DataError",
-           "ConfigError", "ModelError", "RunError"]
+def zero_shot(task, model, out, data=None, **kwargs) -> dict:
+    """A causal LM evaluated without training (``classifine eval --model M --task T``); a list of
+    specs evaluates the base model of a multi-task run. Returns the (first task's) metrics."""
+    from .training import zero_shot as _zero_shot
+
+    return _zero_shot(task, model, out, data, **kwargs)
+
+
+def evaluate(run_dir, data=None, out_dir=None, progress=True) -> dict:
+    """Evaluate a run (``classifine eval RUN``): every task of a multi-task run, and the combined table."""
+    from .evaluation.report import evaluate_run
+
+    return evaluate_run(run_dir, data, out_dir=out_dir, progress=progress)
+
+
+def compare(run_dirs, align_on=None) -> dict:
+    """Runs side by side, Δ in points to the first (``classifine compare``)."""
+    from .evaluation.compare import compare as _compare
+
+    return _compare(list(run_dirs), align_on=align_on)
+
+
+def card(run_dir, base=None, **kwargs):
+    """Write the run's model card (``classifine card``); returns its path."""
+    from .evaluation.card import write_card
+
+    return write_card(run_dir, base=base, **kwargs)
+
+
+__all__ = ["train", "annotate", "review", "load", "zero_shot", "evaluate", "compare", "card", "AnnotatorError", "load_task",
+           "TaskSpec", "ClassifineError", "TaskError", "DataError", "ConfigError", "ModelError", "RunError"]

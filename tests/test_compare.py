@@ -14,7 +14,7 @@ import classifine
 from classifine.cli import app
 from classifine.evaluation.compare import compare, leaderboard, model_size, to_markdown
 from classifine.errors import RunError
-from classifine.evaluation.report import evaluate_run
+from classifine.evaluation.multitask import evaluate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWS = ROOT / "examples" / "news_category" / "task.yaml"

@@ -175,7 +175,7 @@ def test_serve_answers_every_task_on_its_own_route(runs):
 
 
 def test_requests_of_different_tasks_share_one_batch():
-    from classifine.serve.app import _predict_items
+    from classifine.serve.tasks import predict_items as _predict_items
 
     class Fake:
         def __init__(self, tag):

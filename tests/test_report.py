@@ -19,7 +19,8 @@ from classifine.scoring import metrics as M
 from classifine.cli import app
 from classifine.core.data import load_examples
 from classifine.predict.predictor import Predictor
-from classifine.evaluation.report import INVALID, assemble, evaluate, evaluate_run
+from classifine.evaluation.multitask import evaluate_run
+from classifine.evaluation.report import INVALID, assemble, evaluate
 from classifine.evaluation.render import render_html, render_markdown
 from classifine.core.task import load_task, parse_task
 

@@ -180,3 +180,39 @@ def test_zero_shot_smollm2_scores_every_label(tmp_path):
     assert m["n"] == 18 and m["invalid_output"]["rate"] == 0.0
     rows = [json.loads(x) for x in (tmp_path / "base" / "predictions.jsonl").read_text().splitlines()]
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
+
+
+@gemma
+def test_multitask_sft_gemma_on_the_bundled_example(tmp_path):
+    """The bundled example's three tasks in one Gemma LoRA run and its zero-shot base, on a few rows:
+    every task evaluated, the combined table, compare, card and a route per task."""
+    from fastapi.testclient import TestClient
+
+    from classifine.serve.app import create_app
+
+    _subset(tmp_path, "train", 4)
+    _subset(tmp_path, "test", 2)
+    specs = []
+    for name in ("task.yaml", "sections.yaml", "companies.yaml"):
+        (tmp_path / name).write_text((EXAMPLE / name).read_text(encoding="utf-8"), encoding="utf-8")
+        specs.append(tmp_path / name)
+    classifine.zero_shot(specs, "gemma-3-270m", tmp_path / "base", progress=False)
+    run = classifine.train(specs, method="sft", model="gemma-3-270m", out=tmp_path / "multi", progress=False,
+                           config={"max_steps": 6, "eval_steps": 6, "batch_size": 4, "eval_rows": 6, "negatives": 1})
+    assert list(run.tasks) == ["news-category", "news-sections", "news-companies"]
+    for d in (tmp_path / "base", run.dir):
+        combined = json.loads((d / "combined.json").read_text())
+        cells = {line["label"]: line for line in combined["table"]}
+        assert cells["total"]["den"] == 36 and cells["lang = en"]["den"] + cells["lang = ko"]["den"] == 36
+        assert {s["task"] for s in combined["subsets"]["economic"]} == {"news-category", "news-sections", "news-companies"}
+    companies = [json.loads(x) for x in (run.dir / "tasks" / "news-companies" / "predictions.jsonl").read_text().splitlines()]
+    assert len(companies) == 12 and all(0 <= e["confidence"] <= 1 for r in companies for e in r["pred"])
+    table = classifine.compare([tmp_path / "base", run.dir])["sections"][0]
+    assert table["title"] == "All tasks" and table["rows"][0][0] == "total" and table["rows"][0][-1].endswith(" pp")
+    card = classifine.card(run.dir, base=tmp_path / "base").read_text()
+    assert card.count("dataset:") == 3 and "### Task `news-companies`" in card
+    with TestClient(create_app(classifine.load(run.dir))) as client:
+        rec = {"title": "해담카드 결제망 오류", "body": "해담카드의 승인 시스템에 오류가 생겨 결제가 되지 않았다."}
+        for name, key in (("news-category", "label"), ("news-sections", "labels"), ("news-companies", "entities")):
+            r = client.post(f"/v1/tasks/{name}/classify", json={"inputs": [rec]})
+            assert r.status_code == 200 and key in r.json()["outputs"][0]

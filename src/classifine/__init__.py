@@ -62,7 +62,7 @@ def zero_shot(task, model, out, data=None, **kwargs) -> dict:
 
 def evaluate(run_dir, data=None, out_dir=None, progress=True) -> dict:
     """Evaluate a run (``classifine eval RUN``): every task of a multi-task run, and the combined table."""
-    from .evaluation.report import evaluate_run
+    from .evaluation.multitask import evaluate_run
 
     return evaluate_run(run_dir, data, out_dir=out_dir, progress=progress)
 

@@ -16,7 +16,6 @@ what is left of the budget and is not started when even the fewest useful rows w
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil

@@ -319,7 +319,7 @@ def eval_cmd(
         return
     if run_dir is None:
         raise ConfigError("nothing to evaluate", ["pass a run directory, or --model and --task for a zero-shot run"])
-    from .evaluation.report import evaluate_run
+    from .evaluation.multitask import evaluate_run
 
     metrics = evaluate_run(run_dir, data, out_dir=out_dir, progress=not quiet, top=top)
     target = out_dir or run_dir

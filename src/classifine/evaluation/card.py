@@ -134,7 +134,7 @@ def _index_result(task, m: dict, pipeline: str, datasets: list[str]) -> dict:
 def _front_matter(run: Run, m: dict, name: str, languages: list[str], license: dict, datasets: list[str],
                   widget: list[dict], others: list[dict] = ()) -> str:
     """The Hub metadata; a multi-task run gets a model-index result per evaluated task."""
-    task, kind = run.task, run.task.kind
+    task = run.task
     pipeline = pipeline_tag(run)
     results = [_index_result(task, m, pipeline, datasets)] + [_index_result(o["task"], o["m"], pipeline, datasets)
                                                                for o in others]

@@ -142,6 +142,22 @@ def evaluate_run_tasks(run: Run, data: str | Path | None, out_dir: Path, progres
                                       for n, r in results.items()}}
 
 
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, out_dir: str | Path | None = None,
+                 progress: bool = True, top: int = 10) -> dict:
+    """``classifine eval``: evaluate a finished run on ``data`` (default: the test file it was
+    trained with) and write the report into ``out_dir`` (default: the run directory). A multi-task
+    run: every task, and the combined table."""
+    run = Run.load(run_dir)
+    target = Path(out_dir) if out_dir is not None else run.dir
+    if len(run.tasks) > 1:
+        return evaluate_run_tasks(run, data, target, progress=progress, top=top)
+    path = Path(data) if data is not None else run.task.data_path("test")
+    if path is None:
+        raise DataError("no evaluation data", ["pass --data FILE (the run was trained without test data)"])
+    examples = load_examples(run.task, path)
+    return evaluate(Predictor.load(run), examples, target, progress=progress, top=top)
+
+
 def read_combined(run_dir: Path) -> dict | None:
     path = Path(run_dir) / COMBINED
     if not path.is_file():

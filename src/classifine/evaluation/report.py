@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.data import Examples, load_examples
-from ..core.runs import Run, atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..errors import DataError
+from ..core.data import Examples
+from ..core.runs import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..predict.predictor import Predictor
 from ..scoring import metrics as M
 from ..scoring.decision import decide
@@ -281,20 +280,3 @@ def assemble_from_rows(task, rows: list[dict], top: int = 10) -> dict:
     wanted = [*task.slices, *(s.column for s in task.subsets.values() if s.column)]
     columns = {c: [str(r.get(c, "")) for r in rows] for c in wanted if any(c in r for r in rows)}
     return assemble(task, texts, gold, pred, probs, invalid, columns, top=top)
-
-
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, out_dir: str | Path | None = None,
-                 progress: bool = True, top: int = 10) -> dict:
-    """``classifine eval``: evaluate a finished run on ``data`` (default: the test file it was
-    trained with) and write the report into ``out_dir`` (default: the run directory)."""
-    run = Run.load(run_dir)
-    target = Path(out_dir) if out_dir is not None else run.dir
-    if len(run.tasks) > 1:
-        from .multitask import evaluate_run_tasks
-
-        return evaluate_run_tasks(run, data, target, progress=progress, top=top)
-    path = Path(data) if data is not None else run.task.data_path("test")
-    if path is None:
-        raise DataError("no evaluation data", ["pass --data FILE (the run was trained without test data)"])
-    examples = load_examples(run.task, path)
-    return evaluate(Predictor.load(run), examples, target, progress=progress, top=top)

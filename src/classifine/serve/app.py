@@ -13,16 +13,14 @@ in the server, never bad input.
 import difflib
 import hmac
 import importlib.util
-import json
 import logging
 import os
-import re
-from contextlib import asynccontextmanager, closing
-from dataclasses import asdict, dataclass
+from contextlib import asynccontextmanager
+from dataclasses import asdict
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,16 +28,17 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..core.data import iter_records, records_to_texts
+from ..core.data import records_to_texts
 from ..core.task import TaskSpec
 from ..errors import ClassifineError, ConfigError, DataError, TaskError
 from ..predict.predictor import Predictor
 from .batching import MicroBatcher, Overloaded, ShuttingDown
 from .metrics import HTTPMetrics, RequestGuard
-from .protocols import add_protocols, valid_utf8
+from .protocols import add_protocols
+from .schemas import ERROR_RESPONSES, ServeSettings, schemas, task_document
+from .tasks import add_task_routes, predict_items, served_tasks
 
 log = logging.getLogger("classifine.serve")
 TOKEN_ENV = "CLASSIFINE_TOKEN"
@@ -47,95 +46,7 @@ DOCS_ASSETS = "/docs-assets"
 DOCS_PACKAGE = "fastapi_offline"  # ships Swagger UI's and ReDoc's scripts as package data
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    max_batch_size: int = 32        # records per model call
-    max_wait_ms: float = 5.0        # how long the first request of a batch waits for company
-    batching: bool = True
-    max_records: int = 128          # records per request
-    max_chars: int = 10_000         # characters per text field
-    max_queue: int = 4096           # records waiting for the model before requests get 503
-    max_body_bytes: int | None = None  # None: derived from the two limits above
-    token: str | None = None
-    model_name: str | None = None   # the model's name in the vLLM and KServe APIs (default: the task's name)
-
-    def problems(self) -> list[str]:
-        out = []
-        for name in ("max_batch_size", "max_records", "max_chars", "max_queue"):
-            if getattr(self, name) < 1:
-                out.append(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.max_wait_ms < 0:
-            out.append(f"max_wait_ms must be 0 or more (got {self.max_wait_ms})")
-        if self.max_queue < self.max_records:
-            out.append(f"max_queue ({self.max_queue}) must be at least max_records ({self.max_records})")
-        if self.max_body_bytes is not None and self.max_body_bytes < 1024:
-            out.append(f"max_body_bytes must be at least 1024 (got {self.max_body_bytes})")
-        if self.token is not None and not self.token.strip():
-            out.append("the token is empty: pass a non-empty --token or unset CLASSIFINE_TOKEN")
-        return out
-
-    def body_limit(self, n_fields: int) -> int:
-        # JSON clients escape non-ASCII as \uXXXX (6 bytes per character; Korean text is all of it)
-        return self.max_body_bytes or max(1 << 20, self.max_records * n_fields * (self.max_chars * 6 + 64) + 65536)
-
-
-# --- schemas derived from the task spec -------------------------------------------------------
-
-class _RecordBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="after")
-    def _usable_text(self):
-        values = [v for v in self.__dict__.values() if isinstance(v, str)]
-        if not all(valid_utf8(v) for v in values):
-            raise ValueError("a text field holds invalid Unicode (an unpaired surrogate): send valid UTF-8 text")
-        if not any(v.strip() for v in values):
-            raise ValueError("every text field is blank: send some text to classify")
-        return self
-
-
-def schemas(task: TaskSpec, settings: ServeSettings, prefix: str = "") -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
-    """(Record, ClassifyRequest, ClassifyResponse) for this task; ``prefix`` names them apart in
-    OpenAPI when a multi-task run serves several tasks."""
-    text = Annotated[str, StringConstraints(max_length=settings.max_chars)]
-    # field names in a spec need not be Python identifiers ("from", "_id", "article body"): use aliases
-    fields: dict[str, Any] = {f"f{i}": (text, Field(alias=name, description=f"the task's text field '{name}'"))
-                              for i, name in enumerate(task.text)}
-    record = create_model(f"{prefix}Record", __base__=_RecordBase, **fields)
-    record.__doc__ = f"One record: the text fields {task.text} (joined in this order for the model)."
-    request = create_model(
-        f"{prefix}ClassifyRequest", __config__=ConfigDict(extra="forbid"),
-        inputs=(list[record], Field(min_length=1, max_length=settings.max_records,
-                                    description=f"1 to {settings.max_records} records")))
-    probs = (dict[str, float], Field(description=f"probability of every label: {task.label_names}"))
-    # extra keys pass through: the predictor may flag e.g. "invalid" (free generation named no label)
-    open_ = ConfigDict(extra="allow")
-    if task.kind == "extraction":
-        entity = create_model(f"{prefix}Entity", name=(str, ...), confidence=(float, Field(ge=0, le=1)))
-        output = create_model(f"{prefix}Output", __config__=open_, entities=(list[entity], Field(
-            description=f"each {task.entity} at or above min_confidence {task.min_confidence}, with its confidence")),
-            below_min_confidence=(list[entity], []))
-    elif task.kind == "multi_label":
-        output = create_model(f"{prefix}Output", __config__=open_, labels=(list[Literal[tuple(task.label_names)]], ...),
-                              probabilities=probs)
-    else:
-        output = create_model(f"{prefix}Output", __config__=open_, label=(Literal[tuple(task.label_names)], ...),
-                              confidence=(float, Field(ge=0, le=1)), probabilities=probs)
-    response = create_model(f"{prefix}ClassifyResponse", outputs=(list[output], ...))
-    return record, request, response
-
-
 # --- errors -----------------------------------------------------------------------------------
-
-class ErrorDetail(BaseModel):
-    type: str
-    message: str
-    problems: list[str] = []
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
 
 def error_response(status: int, type_: str, message: str, problems: list[str] | None = None,
                    headers: dict | None = None) -> JSONResponse:
@@ -156,15 +67,6 @@ def _describe(err: dict, fields: list[str]) -> str:
 
 
 _STATUS = {DataError: 422, TaskError: 422, ConfigError: 422}
-ERROR_RESPONSES = {
-    400: {"model": ErrorBody, "description": "the body is not valid JSON"},
-    401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
-    413: {"model": ErrorBody, "description": "too many records or too large a body"},
-    422: {"model": ErrorBody, "description": "the records do not fit the task's schema (every problem listed)"},
-    503: {"model": ErrorBody, "description": "overloaded or shutting down: retry later"},
-}
-
-
 def _install_error_handlers(app: FastAPI, metrics: HTTPMetrics, fields: list[str]) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -210,61 +112,6 @@ def _install_error_handlers(app: FastAPI, metrics: HTTPMetrics, fields: list[str
 
 # --- the app ----------------------------------------------------------------------------------
 
-def _field_text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def task_example(predictor, max_chars: int) -> dict | None:
-    """One record of the task's own data for the playground to start from: the first complete record
-    of the run's test, validation or training file (the frozen spec keeps their absolute paths), else
-    the first text of its predictions.jsonl. None when the run has none of these here (a run copied
-    without its data and never evaluated) or the predictor is not a run. Read only: serving never
-    writes into the run directory."""
-    run = getattr(predictor, "run", None)
-    if run is None:
-        return None
-    task: TaskSpec = predictor.task
-    for split in ("test", "validation", "train"):
-        path = task.data_path(split)
-        if path is None or not path.is_file():
-            continue
-        try:
-            with closing(iter_records(path, batch_size=32)) as batches:
-                batch = next(batches, [])
-        except (ClassifineError, OSError, ValueError) as e:  # an example is a nicety: never a reason not to serve
-            log.warning("no playground example from %s: %s", path, e)
-            continue
-        for row in batch:
-            record = {f: _field_text(row.get(f))[:max_chars] for f in task.text}
-            if all(v.strip() for v in record.values()):
-                return {"record": record, "source": split}
-    try:
-        with (run.task_dir(task.name) / "predictions.jsonl").open(encoding="utf-8") as f:
-            text = json.loads(f.readline() or "{}").get("text")
-    except (OSError, ValueError):
-        return None
-    if not isinstance(text, str) or not text.strip():
-        return None
-    # only the joined text is kept there; the model reads the same text from it in the first field,
-    # because joining skips the blank fields
-    return {"record": {f: text[:max_chars] if i == 0 else "" for i, f in enumerate(task.text)}, "source": "predictions"}
-
-
-def task_document(predictor, settings: ServeSettings, record: type[BaseModel], response: type[BaseModel]) -> dict:
-    task: TaskSpec = predictor.task
-    run = getattr(predictor, "run", None)
-    return {
-        "name": task.name, "kind": task.kind, "text": list(task.text), "labels": task.label_names,
-        "label_descriptions": dict(task.labels), "instruction": task.instruction,
-        "example": task_example(predictor, settings.max_chars),
-        "method": run.method if run is not None else None, "model": (run.config.get("model") if run is not None else None),
-        "limits": {"max_records": settings.max_records, "max_chars": settings.max_chars,
-                   "max_body_bytes": settings.body_limit(len(task.text))},
-        "auth": settings.token is not None,
-        "schema": {"input": record.model_json_schema(by_alias=True), "output": response.model_json_schema()},
-    }
-
-
 def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     """A FastAPI app serving ``predictor`` (anything with ``.task`` and ``.predict_texts(texts)``)."""
     settings = settings or ServeSettings()
@@ -277,7 +124,7 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     predictors = served_tasks(predictor)
     # one queue and one model thread for every task: requests of different tasks share a model call's
     # batch (grouped by task inside it), so the model is never run by two threads at once
-    batcher = MicroBatcher(partial(_predict_items, predictors), settings.max_batch_size, settings.max_wait_ms,
+    batcher = MicroBatcher(partial(predict_items, predictors), settings.max_batch_size, settings.max_wait_ms,
                            settings.batching, settings.max_queue, observe=metrics.batch)
     document = task_document(predictor, settings, record, response_model)
 
@@ -333,7 +180,7 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     async def healthz() -> dict:
         return {"status": "ok", "task": task.name, "tasks": list(predictors), "queued_records": batcher.waiting}
 
-    _add_task_routes(app, predictors, settings, predict, guarded)
+    add_task_routes(app, predictors, settings, predict, guarded)
 
     @app.get("/metrics", dependencies=guarded, responses={401: ERROR_RESPONSES[401]},
              response_class=Response, summary="Prometheus metrics (text format)")
@@ -398,75 +245,6 @@ def _add_docs(app: FastAPI) -> None:
         return get_redoc_html(openapi_url=openapi, title=f"{app.title} - ReDoc",
                               redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url=f"{assets}/favicon.png",
                               with_google_fonts=False)
-
-
-# --- several tasks -----------------------------------------------------------------------------
-
-def served_tasks(predictor) -> dict:
-    """A predictor per task the server answers: every task of a multi-task run (one loaded model),
-    else the one task. A backend that cannot switch tasks (vLLM) serves the run's own task."""
-    run = getattr(predictor, "run", None)
-    tasks = getattr(run, "tasks", None) or {}
-    if len(tasks) > 1 and hasattr(predictor, "for_task") and hasattr(getattr(predictor, "scorer", None), "for_task"):
-        return {name: predictor.for_task(name) for name in tasks}
-    if len(tasks) > 1:
-        log.warning("this backend serves the run's own task %s only, not %s", predictor.task.name, list(tasks)[1:])
-    return {predictor.task.name: predictor}
-
-
-def _predict_items(predictors: dict, items: list[tuple[str, str]]) -> list[dict]:
-    """One model call's batch: (task, text) pairs of several requests, answered task by task."""
-    out: list[Any] = [None] * len(items)
-    by_task: dict[str, list[int]] = {}
-    for i, (name, _) in enumerate(items):
-        by_task.setdefault(name, []).append(i)
-    for name, idx in by_task.items():
-        for i, answer in zip(idx, predictors[name].predict_texts([items[i][1] for i in idx])):
-            out[i] = answer
-    return out
-
-
-def _camel(name: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", name) if part) or "Task"
-
-
-def _add_task_routes(app: FastAPI, predictors: dict, settings: ServeSettings, predict, guarded: list) -> None:
-    """``POST /v1/tasks/{name}/classify`` and ``GET /v1/tasks/{name}`` per task, each with the
-    schemas of its own spec in OpenAPI; ``GET /v1/tasks`` lists them. ``/v1/classify`` stays the
-    run's own task."""
-    documents = {}
-    prefix = len(predictors) > 1
-    for name, p in predictors.items():
-        record, request_model, response_model = schemas(p.task, settings, _camel(name) if prefix else "")
-        documents[name] = task_document(p, settings, record, response_model)
-        _task_route(app, name, p.task, request_model, response_model, settings, predict, guarded)
-
-    @app.get("/v1/tasks", dependencies=guarded, responses={401: ERROR_RESPONSES[401]},
-             summary="Every task this server answers, with its spec and schemas")
-    async def list_tasks() -> dict:
-        return {"tasks": documents}
-
-    @app.get("/v1/tasks/{name}", dependencies=guarded, responses={401: ERROR_RESPONSES[401], 404: {"model": ErrorBody}},
-             summary="One task's spec and schemas")
-    async def get_one_task(name: str) -> dict:
-        if name not in documents:
-            raise StarletteHTTPException(404, f"no task {name!r}: this server's tasks are {list(documents)}")
-        return documents[name]
-
-    @app.post("/v1/tasks/{name}/classify", include_in_schema=False)
-    async def unknown_task(name: str) -> None:
-        raise StarletteHTTPException(404, f"no task {name!r}: this server's tasks are {list(documents)}")
-
-
-def _task_route(app: FastAPI, name: str, task: TaskSpec, request_model, response_model, settings: ServeSettings,
-                predict, guarded: list) -> None:
-    async def classify_task(body: request_model):  # type: ignore[valid-type]
-        records = [r.model_dump(by_alias=True) for r in body.inputs]
-        return {"outputs": await predict(records_to_texts(task, records, source="request"), name)}
-
-    app.post(f"/v1/tasks/{name}/classify", response_model=response_model, dependencies=guarded,
-             responses=ERROR_RESPONSES, summary=f"{name}: {task.kind.replace('_', '-')}, 1 to {settings.max_records} records",
-             operation_id=f"classify_{re.sub(r'[^0-9A-Za-z_]', '_', name)}", tags=["tasks"])(classify_task)
 
 
 # --- running it -------------------------------------------------------------------------------

@@ -115,6 +115,27 @@ def test_orpo_pairs_use_the_models_own_wrong_answers(small_tasks, gemma_path):
     assert [r["draw"] for r in rows] == [weights[g] for g in ex.labels] and len(set(weights.values())) > 1
 
 
+def test_extraction_answers_with_and_without_entities_are_drawn_equally(small_tasks, gemma_path):
+    from transformers import AutoTokenizer
+
+    from classifine.core.data import load_examples
+    from classifine.core.task import load_task
+    from classifine.generative.prompts import PromptFormat
+    from classifine.generative.trainer import example_weights, training_features
+    from classifine.methods.sft import Config
+
+    task = load_task(small_tasks["extraction"])
+    ex = load_examples(task, task.data_path("train"))
+    empty = sum(1 for y in ex.labels if not y)
+    assert 0 < empty < len(ex) and empty != len(ex) - empty
+    w = example_weights(task, ex, "balanced")
+    assert w["none"] * empty == pytest.approx(w["entities"] * (len(ex) - empty))  # equal total weight
+    assert example_weights(task, ex, "none") == {"entities": 1.0, "none": 1.0}
+    fmt = PromptFormat.for_tokenizer(AutoTokenizer.from_pretrained(gemma_path))
+    feats, _ = training_features(task, fmt, ex, Config(max_length=384, answer_budget=40))
+    assert [f["draw"] for f in feats] == [w["entities" if y else "none"] for y in ex.labels]
+
+
 def test_pretrain_then_sft(small_tasks, tmp_path):
     out = tmp_path / "run"
     run = classifine.train(small_tasks["single_label"], method="pretrain", out=out, progress=False,

@@ -287,3 +287,15 @@ def test_column_subset_in_a_single_task_report(toy_tasks, tmp_path):
     s = m["subsets"]["english"]
     assert s["n"] == len(en) and s["correct"] == sum(r["gold"] == r["pred"] for r in en)
     assert np.isclose(s["rate"], s["correct"] / s["n"]) and "lang in en" in (run.dir / "report.md").read_text()
+
+
+def test_the_manifest_covers_the_other_tasks_specs(runs, tmp_path):
+    import shutil
+
+    _, tuned = runs
+    copy = tmp_path / "copy"
+    shutil.copytree(tuned, copy)
+    spec = copy / "tasks" / "topics.yaml"
+    spec.write_text(spec.read_text().replace("business", "finance"), encoding="utf-8")
+    with pytest.raises(RunError, match="tasks/topics.yaml: changed since training"):
+        Run.load(copy)

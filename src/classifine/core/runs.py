@@ -139,7 +139,8 @@ def _run_files(run_dir: Path) -> list[Path]:
     files = [run_dir / f for f in MANIFEST_FILES if (run_dir / f).is_file()]
     for folder in MANIFEST_FOLDERS:
         files += sorted(p for p in (run_dir / folder).rglob("*") if p.is_file() and not p.name.startswith("."))
-    return files
+    # a multi-task run's other frozen specs (not their report folders beside them, which eval rewrites)
+    return files + sorted(p for p in (run_dir / "tasks").glob("*.yaml") if p.is_file())
 
 
 def share_files(run_dir: Path) -> None:

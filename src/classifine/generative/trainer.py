@@ -30,8 +30,10 @@ from .prompts import PromptFormat, answer_budget, extraction_answer_budget, fram
 def training_pairs(task: TaskSpec, examples: Examples, seed: int, negatives: int = 2) -> list[tuple[str, object, str]]:
     """(text, gold, stratum) triples to train on. Multi-label asks one yes/no question per label:
     all positives plus up to ``negatives`` per positive (at least one) sampled negatives per text."""
+    if task.kind == "extraction":
+        return [(t, y, extraction_stratum(y)) for t, y in zip(examples.texts, examples.labels)]
     if task.kind != "multi_label":
-        return [(t, y, y if isinstance(y, str) else "") for t, y in zip(examples.texts, examples.labels)]
+        return [(t, y, y) for t, y in zip(examples.texts, examples.labels)]
     rng = random.Random(seed)
     out = []
     for text, gold in zip(examples.texts, examples.labels):
@@ -56,9 +58,20 @@ def encode_features(task: TaskSpec, fmt: PromptFormat, pairs, max_length: int,
     return feats, truncated
 
 
+def extraction_stratum(entities) -> str:
+    """Extraction's two classes: answers that name entities and empty ones."""
+    return "entities" if entities else "none"
+
+
 def example_weights(task: TaskSpec, train: Examples, class_weight) -> dict[str, float]:
-    """Class weights for the loss: the answer's label for single_label/ordinal, the label of a
-    "yes" for multi_label ("no" weighs 1); extraction is not weighted."""
+    """Class weights: the answer's label for single_label/ordinal, the label of a "yes" for
+    multi_label ("no" weighs 1), and for extraction whether the answer names any entity at all, so
+    that where most texts name none (news articles without a company) the model does not learn []
+    as the safe answer: ``balanced`` draws both kinds of answer equally often."""
+    if task.kind == "extraction":
+        strata = ["entities", "none"]
+        counts = {s: sum(1 for y in train.labels if extraction_stratum(y) == s) for s in strata}
+        return class_weights(strata, counts, class_weight if class_weight in ("balanced", "none", None) else "balanced")
     if task.kind in ("single_label", "ordinal"):
         counts = {lab: sum(1 for y in train.labels if y == lab) for lab in task.label_names}
         return class_weights(task.label_names, counts, class_weight)
@@ -66,7 +79,7 @@ def example_weights(task: TaskSpec, train: Examples, class_weight) -> dict[str, 
         counts = {lab: sum(1 for y in train.labels if lab in y) for lab in task.label_names}
         w = class_weights(task.label_names, counts, class_weight)
         return {**w, "no": 1.0}
-    return {}
+    return {}  # pragma: no cover (every kind is handled above)
 
 
 class ClassBalancedSampler:

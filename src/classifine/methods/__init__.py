@@ -48,7 +48,10 @@ class Method(Protocol):
     and the facts behind them for config.yaml, or refuses settings that cannot work on this data.
     ``fit`` trains (unless ``TRAINS`` is False) and saves into ``run_dir/model`` (checkpoints and
     logs beside it) and returns facts for config.yaml. Methods only produce probabilities; turning
-    them into answers, and what is tuned on validation for that, is shared (scoring/decision.py)."""
+    them into answers, and what is tuned on validation for that, is shared (scoring/decision.py).
+    A method that sets ``MULTI_TASK = True`` (sft, orpo, zeroshot) trains one model on several
+    specs: its ``fit`` takes one more keyword, ``others`` (``core.data.TaskExamples`` of the other
+    tasks, built by training.py), and its Scorer has ``for_task``."""
 
     Config: type[BaseModel]       # the method's settings; unknown keys are errors
     KINDS: tuple[str, ...]        # task kinds it supports

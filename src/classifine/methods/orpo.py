@@ -25,7 +25,7 @@ from ..core.task import TaskSpec
 from ..generative.causal_lm import GenerativeScorer, load_causal_lm
 from ..generative.decoding import LabelScorer
 from ..generative.prompts import PromptFormat, answer_text, truncate_texts
-from ..generative.trainer import (example_weights, selection_metric, task_answer_budget, task_trainer, train_and_save,
+from ..generative.trainer import (example_weights, extraction_stratum, selection_metric, task_answer_budget, task_trainer, train_and_save,
                                   training_pairs)
 from ..generative.trainer import prepare as prepare_generative
 
@@ -82,7 +82,7 @@ def build_pairs(task: TaskSpec, examples: Examples, fmt: PromptFormat, model, to
             wrong = mine if mine is not None and mine != gold else rng.choice([lab for lab in task.label_names if lab != gold])
         rows.append({"prompt": fmt.prompt(task, text), "chosen": fmt.answer(task, gold),
                      "rejected": answer_text(task, wrong) + fmt.end_text, "own": mine is not None and mine != gold,
-                     "draw": weights.get(gold, 1.0) if isinstance(gold, str) else 1.0})
+                     "draw": weights.get(gold if isinstance(gold, str) else extraction_stratum(gold), 1.0)})
     return rows
 
 

@@ -38,11 +38,11 @@ demo: setup
 	@echo "Comparison: runs/news-embed/vs-tfidf.md   Model card: runs/news-embed/README.md (also MODEL_CARD.md)"
 
 # One Gemma 3 270M LoRA model for the example's three tasks (category, sections, companies), its
-# zero-shot base, the combined table base vs tuned, the card (about 25 minutes on 2 CPU cores)
+# zero-shot base, the combined table base vs tuned, the card (about 40 minutes on 2 CPU cores)
 E := examples/news_category
 demo-multi: setup
 	$(BIN)/classifine eval --model gemma-3-270m --task $(E)/task.yaml --task $(E)/sections.yaml --task $(E)/companies.yaml --out runs/news-base --overwrite
-	$(BIN)/classifine train $(E)/task.yaml $(E)/sections.yaml $(E)/companies.yaml --method sft --model gemma-3-270m --set negatives=1 --set epochs=1 --out runs/news-multi --overwrite
+	$(BIN)/classifine train $(E)/task.yaml $(E)/sections.yaml $(E)/companies.yaml --method sft --model gemma-3-270m --set negatives=1 --out runs/news-multi --overwrite
 	$(BIN)/classifine compare runs/news-base runs/news-multi --output runs/news-multi/vs-base.md
 	$(BIN)/classifine card runs/news-multi --base runs/news-base
 	@echo "Combined table: runs/news-multi/report.md   vs base: runs/news-multi/vs-base.md   card: runs/news-multi/README.md"

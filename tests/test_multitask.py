@@ -82,7 +82,7 @@ def test_compare_base_and_tuned_prints_the_combined_table_with_deltas(runs):
     base, tuned = runs
     result = classifine.compare([base, tuned])
     titles = [s["title"] for s in result["sections"]]
-    assert titles[:2] == ["All tasks", "Subset business"] and "Overall: companies" in titles
+    assert titles[:2] == ["All tasks", "Subset business"] and "Overall: companies" in titles and "Overall: topic" in titles
     table = result["sections"][0]
     first = dict(zip(table["headers"], table["rows"][0]))
     b, t = _combined(base)["table"][0], _combined(tuned)["table"][0]
@@ -299,3 +299,10 @@ def test_the_manifest_covers_the_other_tasks_specs(runs, tmp_path):
     spec.write_text(spec.read_text().replace("business", "finance"), encoding="utf-8")
     with pytest.raises(RunError, match="tasks/topics.yaml: changed since training"):
         Run.load(copy)
+    # a multi-task run whose manifest predates the specs' entries still loads (nothing to check them by)
+    manifest = json.loads((tuned / "manifest.json").read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("tasks/")}
+    old = tmp_path / "old"
+    shutil.copytree(tuned, old)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert list(Run.load(old).tasks) == ["topic", "topics", "companies"]

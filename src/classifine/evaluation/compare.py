@@ -202,7 +202,9 @@ def compare(run_dirs: list, align_on: str | None = None) -> dict:
             pcs = [m["per_class"].get(lab) for m in results]
             lines.append((f"{lab} (n={pcs[0]['support']})", [None if p is None else _entry(p["f1"]) for p in pcs]))
         sections.append(_table("F1 per class", names, lines))
-    sections = _combined_sections(evs, names, align_on) + sections
+    combined = _combined_sections(evs, names, align_on)
+    if combined:  # a multi-task run: the sections below are its own task's
+        sections = combined + [{**sec, "title": f"{sec['title']}: {task.name}"} for sec in sections]
     return {"task": task.name, "kind": task.kind, "runs": [_describe(e) for e in evs], "alignment": info,
             "data": evs[0].metrics.get("data"), "sections": sections, "results": results}
 

@@ -23,7 +23,7 @@ METHODS = {
     "embed": "frozen encoder/decoder embeddings + linear or ordinal head",
     "hybrid": "TF-IDF + frozen LM embeddings, blended with a weight chosen on validation",
     "head": "AutoModelForSequenceClassification fine-tuning (full or LoRA) on the HF Trainer",
-    "sft": "causal LM + LoRA answering the task prompt; label scoring, calibrated, schema-constrained JSON",
+    "sft": "causal LM + LoRA answering the task prompt; label scoring, calibrated, schema-constrained JSON; multi-task",
     "orpo": "ORPO preference tuning (TRL) on gold vs the model's own wrong answers; multi-task",
     "pretrain": "BPE tokenizer + small Llama-style LM from scratch on the texts, then sft on it",
     "zeroshot": "a causal LM as it is, no training: label scoring from the task prompt (the base-model row)",

@@ -79,7 +79,8 @@ def _other_tasks(task: TaskSpec, module, method: str, settings, given: list) -> 
 def _other_data(others: list[TaskSpec], trains: bool, test: str | Path | None, seed: int
                 ) -> tuple[list[TaskExamples], dict[str, Examples], dict[str, dict]]:
     """Each other task's training, validation and test examples from its own spec (``--test``
-    applies to every task: the tasks answer about the same records). Every missing file at once."""
+    applies to every task: the tasks answer about the same records). Every task without training
+    data is named at once."""
     missing = [o.name for o in others if trains and o.data_path("train") is None]
     if missing:
         raise DataError(f"tasks {missing} have no training data", ["set data.train in each of their specs"])
@@ -107,6 +108,13 @@ def _frozen(task: TaskSpec, paths: dict) -> TaskSpec:
     """The spec as the run keeps it: data paths made absolute (the files it was trained on)."""
     return task.model_copy(update={"data": task.data.model_copy(update={
         split: str(Path(p).resolve()) if p else None for split, p in paths.items()})})
+
+
+def _tuned(predictor: Predictor, validation: Examples, settings) -> dict:
+    """The decisions tuned on validation from the model's own probabilities (the predictor's task).
+    class_weight none = no imbalance handling at all, so no class offsets either."""
+    return tune_decision(predictor.task, batched_proba(predictor, validation.texts, progress=False), validation.labels,
+                         calibrate=getattr(settings, "calibrate", True), offsets=settings.class_weight != "none")
 
 
 def train(task: TaskSpec | str | Path | dict | list, method: str, out: str | Path, model: str | None = None,
@@ -207,9 +215,7 @@ def train(task: TaskSpec | str | Path | dict | list, method: str, out: str | Pat
             predictor = Predictor.load(run, engine="torch")  # tuned on fp32 PyTorch; the engine is chosen after
             predictor.decision = {}  # decisions are tuned on the model's own probabilities, never on adjusted ones
             if task.kind != "extraction" and val_ex is not None:
-                # class_weight none = no imbalance handling at all, so no class offsets either
-                decision = tune_decision(task, batched_proba(predictor, val_ex.texts, progress=False), val_ex.labels,
-                                         calibrate=getattr(settings, "calibrate", True), offsets=settings.class_weight != "none")
+                decision = _tuned(predictor, val_ex, settings)
                 fold = getattr(module, "fold_decision", None)
                 if fold is not None:  # head runs: into the classifier layer, so plain transformers answers the same
                     decision = fold(run.model_dir, task, decision)
@@ -220,9 +226,7 @@ def train(task: TaskSpec | str | Path | dict | list, method: str, out: str | Pat
                 if o.task.kind != "extraction" and o.validation is not None:
                     own = predictor.for_task(o.task.name)
                     own.decision = {}
-                    save_decision(run.model_dir, tune_decision(o.task, batched_proba(own, o.validation.texts, progress=False),
-                                                               o.validation.labels, calibrate=getattr(settings, "calibrate", True),
-                                                               offsets=settings.class_weight != "none"), o.task.name)
+                    save_decision(run.model_dir, _tuned(own, o.validation, settings), o.task.name)
         # the inference engine, measured on validation against fp32 PyTorch (predict/engine.py)
         wanted = getattr(settings, "engine", "torch") if choose_engine_now else "torch"
         if choose_engine(run, val_ex, wanted).get("engine", "torch") != "torch":
@@ -249,6 +253,7 @@ def zero_shot(task: TaskSpec | str | Path | list, model: str, out: str | Path, d
     path = Path(data) if data is not None else specs[0].data_path("test")
     if path is None:
         raise DataError("no evaluation data", ["pass --data FILE or set data.test in the task spec"])
-    run = train(specs, "zeroshot", out, model=model, test=data if len(specs) > 1 else path, overwrite=overwrite,
-                progress=progress, config={"decoding": decoding, "max_length": max_length})
+    # no --data: each spec's own test file (train's default), checked above for the first
+    run = train(specs, "zeroshot", out, model=model, test=data, overwrite=overwrite, progress=progress,
+                config={"decoding": decoding, "max_length": max_length})
     return json.loads((run.dir / "metrics.json").read_text(encoding="utf-8"))

@@ -12,6 +12,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,7 @@ class Run:
     def model_dir(self) -> Path:
         return self.dir / "model"
 
-    @property
+    @cached_property
     def tasks(self) -> dict[str, TaskSpec]:
         """Every task the run's model answers, its own first; a multi-task run keeps the others'
         frozen specs in ``tasks/<name>.yaml`` (in training order, listed in config.yaml)."""

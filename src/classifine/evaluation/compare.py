@@ -14,7 +14,7 @@ from pathlib import Path
 from ..core.runs import Run
 from ..errors import RunError
 from ..scoring.kinds import HEADLINE, KINDS, METRICS, key_metrics
-from .render import cell, render_template
+from .render import cell, combined_note, render_template
 from .report import assemble_from_rows, read_predictions
 
 MAX_LISTED = 5
@@ -233,8 +233,7 @@ def _combined_sections(evs: list[Evaluated], names: list[str], align_on: str | N
     combos = [combine(tasks, r) for r in rows]
     lines = [(line["label"], [_entry(c["table"][k]["rate"], c["table"][k]["num"], c["table"][k]["den"]) for c in combos])
              for k, line in enumerate(combos[0]["table"])]
-    rates = ", ".join(f"{n}: {METRICS[m].name}" for n, m in combos[0]["metrics"].items())
-    out = [_table("All tasks", names, lines, f"each task-level example counts once, with its task's rate ({rates})")]
+    out = [_table("All tasks", names, lines, combined_note(combos[0]))]
     for sname, first in combos[0]["subsets"].items():
         lines = [(f"{line['task']} · {line['label']} ({line['metric']})",
                   [_entry(c["subsets"][sname][k]["rate"], c["subsets"][sname][k]["num"], c["subsets"][sname][k]["den"])

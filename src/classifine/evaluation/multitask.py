@@ -11,6 +11,7 @@ by a data column). Written as combined.json and shown first in the run's report.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,8 @@ from ..core.data import Examples, load_examples
 from ..core.runs import Run, atomic_write_json
 from ..errors import DataError
 from ..predict.predictor import Predictor
-from ..scoring import metrics as M
 from ..scoring.kinds import KINDS, METRICS, row_hits
-from .report import evaluate, fingerprint, read_predictions, render_report
+from .report import _slice_order, evaluate, fingerprint, read_predictions, render_report, subset_results
 
 COMBINED = "combined.json"
 
@@ -36,60 +36,60 @@ def _probs(task, rows: list[dict]) -> np.ndarray | None:
     return np.array([[r["probabilities"][lab] for lab in task.label_names] for r in rows], dtype=np.float64)
 
 
-def _slice_values(rows: dict[str, list[dict]], col: str) -> list[str]:
-    from .report import _slice_order
-
-    groups: dict[str, list[int]] = {}
-    for task_rows in rows.values():
-        for i, r in enumerate(task_rows):
-            if col in r:
-                groups.setdefault(str(r[col]) if r[col] != "" else "(blank)", []).append(i)
-    return [v for v, _ in sorted(groups.items(), key=_slice_order(groups))]
-
-
 def _value(row: dict, col: str) -> str:
     v = str(row.get(col, ""))
     return v if v != "" else "(blank)"
+
+
+def _slice_values(rows: list[dict], col: str) -> list[str]:
+    """The values of a slice column in these rows, in the order the reports list them."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if col in r:
+            groups.setdefault(_value(r, col), []).append(i)
+    return [v for v, _ in sorted(groups.items(), key=_slice_order(groups))]
+
+
+def _subset_lines(task, rows: list[dict], label: str) -> dict[str, dict]:
+    """Each subset of the task on these rows (report.py ``subset_results``), as one line of its table:
+    recall into the group for a subset of labels, the kind's per-row rate for a column subset."""
+    wanted = {s.column for s in task.subsets.values() if s.column}
+    columns = {c: [str(r.get(c, "")) for r in rows] for c in wanted if any(c in r for r in rows)}
+    invalid = [bool(r.get("invalid")) for r in rows]
+    scores = subset_results(task, [r["gold"] for r in rows], [r["pred"] for r in rows], _probs(task, rows), columns, invalid)
+    lines = {}
+    for name, s in scores.items():
+        if "labels" in s:
+            lines[name] = {"label": label, "metric": "recall into " + ", ".join(s["labels"]), "num": s["found"],
+                           "den": s["relevant"], "rate": s["recall"]}
+        else:
+            lines[name] = {"label": label, "metric": METRICS[s["metric"]].name, "num": s["correct"], "den": s["n"],
+                           "rate": s["rate"]}
+    return lines
 
 
 def combine(tasks: dict, rows: dict[str, list[dict]]) -> dict:
     """The combined numbers of the tasks evaluated (``rows``: predictions.jsonl rows per task name,
     in the run's task order). Pure: reads rows, computes, returns."""
     names = [n for n in tasks if n in rows]
-    hits = {n: row_hits(tasks[n], [r["gold"] for r in rows[n]], [r["pred"] for r in rows[n]], _probs(tasks[n], rows[n]))
-            for n in names}
-    invalid = {n: [bool(r.get("invalid")) for r in rows[n]] for n in names}
-    hits = {n: [h and not bad for h, bad in zip(hits[n], invalid[n])] for n in names}
+    hits = {n: row_hits(tasks[n], [r["gold"] for r in rows[n]], [r["pred"] for r in rows[n]], _probs(tasks[n], rows[n]),
+                        [bool(r.get("invalid")) for r in rows[n]]) for n in names}
     slices = [c for c in tasks[names[0]].slices if any(c in r for n in names for r in rows[n])] if names else []
     table = [_cell("total", [h for n in names for h in hits[n]])]
     table += [_cell(f"task = {n}", hits[n]) for n in names]
     for col in slices:
-        for v in _slice_values({n: rows[n] for n in names}, col):
+        for v in _slice_values([r for n in names for r in rows[n]], col):
             table.append(_cell(f"{col} = {v}", [h for n in names for h, r in zip(hits[n], rows[n]) if _value(r, col) == v]))
     subsets: dict[str, list[dict]] = {}
     for n in names:
-        task = tasks[n]
-        for sname, sub in task.subsets.items():
-            groups = [("all", list(range(len(rows[n]))))]
-            for col in slices:
-                groups += [(f"{col} = {v}", [i for i, r in enumerate(rows[n]) if _value(r, col) == v])
-                           for v in _slice_values({n: rows[n]}, col)]
-            for label, idx in groups:
-                subsets.setdefault(sname, []).append({"task": n, **_subset_cell(task, sub, [rows[n][i] for i in idx],
-                                                                                   [hits[n][i] for i in idx], label)})
+        groups = [("all", rows[n])] + [(f"{col} = {v}", [r for r in rows[n] if _value(r, col) == v])
+                                       for col in slices for v in _slice_values(rows[n], col)]
+        for label, group in groups:
+            for sname, line in _subset_lines(tasks[n], group, label).items():
+                subsets.setdefault(sname, []).append({"task": n, **line})
     return {"tasks": names, "metrics": {n: KINDS[tasks[n].kind].row_metric for n in names}, "slices": slices,
             "table": table, "subsets": subsets,
             "fingerprints": {n: fingerprint([r["text"] for r in rows[n]], [r["gold"] for r in rows[n]]) for n in names}}
-
-
-def _subset_cell(task, sub, rows: list[dict], hits: list[bool], label: str) -> dict:
-    if sub.label_in is not None:  # recall into the group: rows (labels) of the group answered inside it
-        s = M.subset_scores(task.kind, [r["gold"] for r in rows], [r["pred"] for r in rows], sub.label_in)
-        return {"label": label, "metric": "recall into " + ", ".join(sub.label_in), "num": s["found"],
-                "den": s["relevant"], "rate": s["recall"]}
-    column = "gold" if sub.column == task.label_column else sub.column
-    keep = [h for h, r in zip(hits, rows) if str(r.get(column, "")) in set(sub.values)]
-    return _cell(label, keep, metric=METRICS[KINDS[task.kind].row_metric].name)
 
 
 def _examples(run: Run, names: list[str], data: str | Path | None) -> dict[str, Examples]:
@@ -133,13 +133,10 @@ def evaluate_tasks(predictor: Predictor, examples: dict[str, Examples], out_dir:
 
 def evaluate_run_tasks(run: Run, data: str | Path | None, out_dir: Path, progress: bool = True, top: int = 10) -> dict:
     """``classifine eval`` of a multi-task run: every task, the combined table; returns the run's own
-    task's metrics (with ``combined``), or the first evaluated task's."""
+    task's metrics (with ``combined``), or the first evaluated task's when it had no evaluation data."""
     examples = _examples(run, list(run.tasks), data)
     results = evaluate_tasks(Predictor.load(run), examples, out_dir, progress=progress, top=top)
-    first = results.get(run.task.name) or next(iter(results.values()))
-    first.setdefault("combined", None)
-    return {**first, "task_results": {n: {"n": r["n"], "kind": r["kind"], "metrics_file": str(run.task_dir(n, out_dir) / "metrics.json")}
-                                      for n, r in results.items()}}
+    return results.get(run.task.name) or next(iter(results.values()))
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, out_dir: str | Path | None = None,
@@ -162,6 +159,4 @@ def read_combined(run_dir: Path) -> dict | None:
     path = Path(run_dir) / COMBINED
     if not path.is_file():
         return None
-    import json
-
     return json.loads(path.read_text(encoding="utf-8"))

@@ -99,12 +99,16 @@ def subset_table(subsets: dict) -> dict:
     return {"headers": ["subset", "rows", "n", "recall", "precision", "exact answers"], "rows": rows}
 
 
+def combined_note(c: dict) -> str:
+    """What a combined table's cells count (report and compare say it the same way)."""
+    rates = ", ".join(f"{name}: {METRICS[metric].name}" for name, metric in c["metrics"].items())
+    return f"each task-level example counts once, with its task's rate ({rates})"
+
+
 def combined_sections(c: dict) -> list[dict]:
     """The multi-task tables (evaluation/multitask.py ``combine``): every task-level example once,
     by task and by slice; then each subset per task and slice."""
-    rates = ", ".join(f"{name}: {METRICS[metric].name}" for name, metric in c["metrics"].items())
-    out = [{"title": "All tasks", "headers": ["", "rate (correct/rows)"],
-            "note": f"each task-level example counts once, with its task's rate ({rates})",
+    out = [{"title": "All tasks", "headers": ["", "rate (correct/rows)"], "note": combined_note(c),
             "rows": [[line["label"], cell(line["rate"], line["num"], line["den"])] for line in c["table"]]}]
     for name, lines in c["subsets"].items():
         out.append({"title": f"Subset {name}", "headers": ["task", "rows", "metric", "rate"],

@@ -129,7 +129,7 @@ def assemble(task, texts: list[str], gold: list, pred: list, probs: np.ndarray |
     result["slices"] = slices
     # a slice the spec names but the evaluation file lacks is said, not silently left out
     result["missing_slices"] = [c for c in task.slices if c not in columns]
-    result["subsets"] = subset_results(task, gold, pred, probs, columns)
+    result["subsets"] = subset_results(task, gold, pred, probs, columns, invalid)
     if task.kind != "extraction":
         result["confused_pairs"] = M.confused_pairs(gold, pred, top)
     wrong = [(row_confidence(task, g, p, None if probs is None else probs[i]), i)
@@ -144,7 +144,8 @@ def assemble(task, texts: list[str], gold: list, pred: list, probs: np.ndarray |
     return result
 
 
-def subset_results(task, gold: list, pred: list, probs: np.ndarray | None, columns: dict[str, list[str]]) -> dict:
+def subset_results(task, gold: list, pred: list, probs: np.ndarray | None, columns: dict[str, list[str]],
+                   invalid: list | None = None) -> dict:
     """Every subset of the spec: by reference labels (recall into the group, scoring/metrics.py), or
     by a data column's values (the kind's per-row rate on those rows, scoring/kinds.py ``row_hits``).
     A column subset whose column the evaluation data lacks is left out."""
@@ -156,8 +157,10 @@ def subset_results(task, gold: list, pred: list, probs: np.ndarray | None, colum
         values = columns.get(s.column) if s.column != task.label_column else [str(g) for g in gold]
         if values is None:
             continue
-        idx = [i for i, v in enumerate(values) if v in set(s.values)]
-        hits = row_hits(task, [gold[i] for i in idx], [pred[i] for i in idx], None if probs is None else probs[idx])
+        chosen = set(s.values)
+        idx = [i for i, v in enumerate(values) if v in chosen]
+        hits = row_hits(task, [gold[i] for i in idx], [pred[i] for i in idx], None if probs is None else probs[idx],
+                        None if invalid is None else [invalid[i] for i in idx])
         out[name] = {"column": s.column, "values": list(s.values), "metric": KINDS[task.kind].row_metric,
                      "n": len(idx), "correct": int(sum(hits)), "rate": sum(hits) / len(idx) if idx else 0.0}
     return out

@@ -71,15 +71,12 @@ def example_weights(task: TaskSpec, train: Examples, class_weight) -> dict[str, 
     if task.kind == "extraction":
         strata = ["entities", "none"]
         counts = {s: sum(1 for y in train.labels if extraction_stratum(y) == s) for s in strata}
-        return class_weights(strata, counts, class_weight if class_weight in ("balanced", "none", None) else "balanced")
+        return class_weights(strata, counts, class_weight)
     if task.kind in ("single_label", "ordinal"):
         counts = {lab: sum(1 for y in train.labels if y == lab) for lab in task.label_names}
         return class_weights(task.label_names, counts, class_weight)
-    if task.kind == "multi_label":
-        counts = {lab: sum(1 for y in train.labels if lab in y) for lab in task.label_names}
-        w = class_weights(task.label_names, counts, class_weight)
-        return {**w, "no": 1.0}
-    return {}  # pragma: no cover (every kind is handled above)
+    counts = {lab: sum(1 for y in train.labels if lab in y) for lab in task.label_names}  # multi_label
+    return {**class_weights(task.label_names, counts, class_weight), "no": 1.0}
 
 
 class ClassBalancedSampler:

@@ -102,23 +102,24 @@ def compute_metrics(task, gold: list, pred: list, probs: np.ndarray | None = Non
     return out
 
 
-def row_hits(task, gold: list, pred: list, probs: np.ndarray | None = None) -> list[bool]:
+def row_hits(task, gold: list, pred: list, probs: np.ndarray | None = None, invalid: list | None = None) -> list[bool]:
     """Whether each row is right by its kind's ``row_metric``: the label (single_label, ordinal);
     the highest-probability label equals the reference's first (multi_label top-1; the answer's
     first label without probabilities); the entity set after the confidence cut and normalisation
-    (extraction). An invalid row (no answer) is wrong."""
+    (extraction). An invalid row (no answer; ``invalid``) is wrong."""
     if task.kind == "extraction":
         hits = []
         for g, p in zip(gold, pred):
             ref, found, _ = M.entity_sets(g, p, task.min_confidence, task.normalize)
             hits.append(ref == found)
-        return hits
-    if task.kind == "multi_label":
+    elif task.kind == "multi_label":
         labels = task.label_names
         tops = ([labels[int(np.argmax(row))] for row in probs] if probs is not None and len(probs)
                 else [p[0] if p else None for p in pred])
-        return [bool(g) and top == g[0] for g, top in zip(gold, tops)]
-    return [g == p for g, p in zip(gold, pred)]
+        hits = [bool(g) and top == g[0] for g, top in zip(gold, tops)]
+    else:
+        hits = [g == p for g, p in zip(gold, pred)]
+    return hits if invalid is None else [h and not bad for h, bad in zip(hits, invalid)]
 
 
 def trivial_baseline(task, gold: list) -> dict:

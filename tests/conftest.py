@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -8,8 +10,12 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; a download attempt fails fast
-# graphs the tests export stay out of the user's cache (one folder per test session)
-os.environ.setdefault("CLASSIFINE_ONNX_CACHE", tempfile.mkdtemp(prefix="classifine-onnx-"))
+# graphs the tests export stay out of the user's cache: one folder per test session, shared by the
+# xdist workers (they inherit the variable) and removed by the process that made it (a Gemma graph
+# is 1 GB; left behind, every session's graphs filled the disk)
+if not os.environ.get("CLASSIFINE_ONNX_CACHE"):
+    os.environ["CLASSIFINE_ONNX_CACHE"] = tempfile.mkdtemp(prefix="classifine-onnx-")
+    atexit.register(shutil.rmtree, os.environ["CLASSIFINE_ONNX_CACHE"], ignore_errors=True)
 
 from toy import tiny_bert, tiny_gemma, write_task  # noqa: E402
 

@@ -161,3 +161,28 @@ def test_cli_engine_option(head_run, tmp_path, monkeypatch):
                                  "--engine", "tensorrt"])
     assert r.exit_code != 0 and "unknown inference engine" in r.output and "Traceback" not in r.output
     monkeypatch.delenv(ENGINE_ENV, raising=False)
+
+
+def test_onnx_cache_drops_least_recently_used_graphs_beyond_its_limit(tmp_path, monkeypatch):
+    import os
+
+    from classifine.core.accel import ONNX_CACHE_ENV, ONNX_CACHE_GB_ENV, prune_cache
+
+    monkeypatch.setenv(ONNX_CACHE_ENV, str(tmp_path / "cache"))
+    folders = []
+    for i, name in enumerate(["old", "mid", "new"]):
+        f = tmp_path / "cache" / name
+        f.mkdir(parents=True)
+        (f / "model.onnx").write_bytes(b"x" * 400)
+        os.utime(f, (1000 + i, 1000 + i))
+        folders.append(f)
+    run_graph = tmp_path / "run" / "model"  # a run's own graph: never pruned, never prunes
+    run_graph.mkdir(parents=True)
+    assert prune_cache(run_graph, limit_gb=0) == [] and all(f.exists() for f in folders)
+    # using "old" makes it the most recent: "mid" goes first, then "new"
+    assert prune_cache(folders[0], limit_gb=900e-9) == [folders[1]]
+    assert folders[0].exists() and folders[2].exists()
+    assert prune_cache(folders[2], limit_gb=0) == [folders[0]] and folders[2].exists()  # the one in use stays
+    monkeypatch.setenv(ONNX_CACHE_GB_ENV, "lots")
+    with pytest.raises(ConfigError, match=ONNX_CACHE_GB_ENV):
+        prune_cache(folders[2])

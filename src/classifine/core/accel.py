@@ -38,6 +38,8 @@ log = logging.getLogger("classifine")
 ENGINES = ("torch", "onnx", "onnx-int8")
 ENGINE_ENV = "CLASSIFINE_ENGINE"
 ONNX_CACHE_ENV = "CLASSIFINE_ONNX_CACHE"  # default: <CLASSIFINE_CACHE>/onnx
+ONNX_CACHE_GB_ENV = "CLASSIFINE_ONNX_CACHE_GB"
+ONNX_CACHE_GB = 8.0  # a Gemma 270M graph is 1.1 GB; each pooling/depth/model is its own graph
 INFERENCE = "inference.json"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}  # plus "<file>.data" for external weights
 TOLERANCE = 1e-4        # largest |ONNX - PyTorch| accepted on an export's check inputs
@@ -201,12 +203,14 @@ def graph(folder: Path, engine: str, module_factory, tokenizer) -> Path:
     """The ONNX file of ``engine`` in ``folder``, exported (fp32) and quantised (int8) on first use."""
     fp32, target = folder / ONNX_FILES["onnx"], folder / ONNX_FILES[engine]
     if target.is_file():
+        prune_cache(keep=folder)  # marks it used
         return target
     if not fp32.is_file():
         log.info("exporting the model to ONNX (once) in %s", folder)
         export(module_factory(), encode_pt(tokenizer, EXAMPLE), fp32, "output", check=encode_pt(tokenizer, CHECK))
     if engine == "onnx-int8":
         quantize(fp32, target)
+    prune_cache(keep=folder)
     return target
 
 
@@ -323,6 +327,43 @@ def onnx_cache(key: str) -> Path:
     from .models import cache_dir
 
     return Path(os.environ.get(ONNX_CACHE_ENV) or cache_dir() / "onnx") / key
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+def prune_cache(keep: Path, limit_gb: float | None = None) -> list[Path]:
+    """Remove the least recently used graphs of the ONNX cache until it holds at most ``limit_gb``
+    (``CLASSIFINE_ONNX_CACHE_GB``, default 8; 0 keeps only ``keep``). A graph is rebuilt when
+    needed again, so nothing is lost but the export time. Graphs inside runs are never touched;
+    ``keep`` (just written or used) always stays. Returns the folders removed."""
+    root = onnx_cache("")
+    keep = Path(keep)
+    if keep.parent.resolve() != root.resolve():
+        return []  # a run's own graph
+    if limit_gb is None:
+        raw = os.environ.get(ONNX_CACHE_GB_ENV)
+        try:
+            limit_gb = float(raw) if raw else ONNX_CACHE_GB
+        except ValueError:
+            raise ConfigError(f"{ONNX_CACHE_GB_ENV}={raw!r} is not a number", [f"e.g. {ONNX_CACHE_GB_ENV}=8 (gigabytes)"]) from None
+    os.utime(keep)  # used now: the last to go
+    folders = sorted((f for f in root.iterdir() if f.is_dir() and not f.name.startswith(".")),
+                     key=lambda f: f.stat().st_mtime)
+    sizes = {f: _size(f) for f in folders}
+    total, removed = sum(sizes.values()), []
+    for f in folders:
+        if total <= limit_gb * 1e9:
+            break
+        if f.resolve() == keep.resolve():
+            continue
+        shutil.rmtree(f, ignore_errors=True)
+        total -= sizes[f]
+        removed.append(f)
+    if removed:
+        log.info("ONNX cache over %.1f GB: removed %d least recently used graph(s)", limit_gb, len(removed))
+    return removed
 
 
 def cache_key(*parts, files: list[Path] = ()) -> str:

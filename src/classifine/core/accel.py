@@ -348,7 +348,10 @@ def prune_cache(keep: Path, limit_gb: float | None = None) -> list[Path]:
             limit_gb = float(raw) if raw else ONNX_CACHE_GB
         except ValueError:
             raise ConfigError(f"{ONNX_CACHE_GB_ENV}={raw!r} is not a number", [f"e.g. {ONNX_CACHE_GB_ENV}=8 (gigabytes)"]) from None
-    os.utime(keep)  # used now: the last to go
+    try:
+        os.utime(keep)  # used now: the last to go
+    except OSError:  # a cache we may read but not write (shared, read-only): leave it as it is
+        return []
     folders = sorted((f for f in root.iterdir() if f.is_dir() and not f.name.startswith(".")),
                      key=lambda f: f.stat().st_mtime)
     sizes = {f: _size(f) for f in folders}

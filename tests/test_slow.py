@@ -21,13 +21,6 @@ pytestmark = pytest.mark.slow
 gemma = pytest.mark.xdist_group("gemma")
 
 
-@pytest.fixture(autouse=True)
-def _own_onnx_cache(tmp_path, monkeypatch):
-    """Each real model's graphs (1 GB and more for Gemma) go with the test's tmp_path, not at the
-    end of the session: CI's disk is small."""
-    monkeypatch.setenv("CLASSIFINE_ONNX_CACHE", str(tmp_path / "onnx-cache"))
-
-
 def _subset(tmp_path: Path, name: str, per_class: int, lang: str | None = None) -> Path:
     frame = pd.read_csv(EXAMPLE / f"{name}.csv", dtype=str, keep_default_na=False)
     if lang:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -100,6 +101,17 @@ def test_plan_skips_methods_that_refuse_the_kind(toy_tasks):
     tries = plan(task.model_copy(update={"kind": "extraction"}), ["m"])
     assert all(t.status == "skipped" and t.reason for t in tries)
     assert [t.method for t in plan(task, ["a", "b"])] == ["tfidf", "hybrid", "hybrid", "head", "head"]
+
+
+def test_a_decoders_hybrid_tunes_its_top_layers_and_costs_more_per_row(toy_tasks, gemma_path, bert_path):
+    task = load_task(toy_tasks["single_label"])
+    tries = {t.name.split(":")[0] + (":dec" if t.model == gemma_path else ""): t for t in plan(task, [gemma_path, bert_path])}
+    assert tries["hybrid:dec"].config["embed"]["tune_layers"] == auto_mod.TUNE_LAYERS
+    assert "tune_layers" not in tries["hybrid"].config["embed"]
+    probe = SimpleNamespace(docs_per_second=40.0, load_seconds=5.0)
+    tuned = auto_mod.estimate(tries["hybrid:dec"], 10_000, 1_000, probe, 1.0)
+    frozen = auto_mod.estimate(tries["hybrid"], 10_000, 1_000, probe, 1.0)
+    assert 1.5 * frozen < tuned < 3 * frozen
 
 
 def test_default_models_follow_the_script():

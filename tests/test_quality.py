@@ -3,6 +3,7 @@ head's C chosen on validation, and the TF-IDF + embeddings blend."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,47 @@ def test_a_fit_embeds_each_text_once(toy_tasks, tmp_path, deep_gemma, monkeypatc
     seen.clear()
     classifine.load(run.dir).predict([{"title": "goal", "body": "match"}] * 3)
     assert sum(seen) == 3
+
+
+@pytest.mark.parametrize("kind", ["single_label", "multi_label", "ordinal"])
+def test_embed_tunes_the_top_layers_and_saves_them_as_a_plain_model(toy_tasks, tmp_path, deep_gemma, kind):
+    from safetensors.numpy import load_file
+    from sentence_transformers import SentenceTransformer
+
+    run = classifine.train(toy_tasks[kind], method="embed", model=deep_gemma, out=tmp_path / "r",
+                           config={"tune_layers": 1, "tune_epochs": 2, "tune_lr": 1e-3}, progress=False)
+    info = run.config["info"]
+    layer, tuning = info["layer"], info["tuning"]
+    assert layer >= 2 and tuning["layers"] == [layer, layer] and len(tuning["epoch_scores"]) == 2
+    assert all(int(k) >= 2 for k in info["layer_scores"])  # a depth needs a frozen layer below the tuned one
+    assert info["encoder_weights"] == "written"
+    saved = load_file(str(run.model_dir / "encoder" / "model.safetensors"))
+    base = load_file(str(Path(deep_gemma) / "model.safetensors"))
+    key = lambda i, name: next(k for k in base if k.endswith(f"layers.{i}.{name}"))  # noqa: E731
+    tuned_w, frozen_w = key(layer - 1, "mlp.down_proj.weight"), key(0, "mlp.down_proj.weight")
+    plain = {k.removeprefix("model."): v for k, v in saved.items()}
+    assert not np.allclose(plain[tuned_w.removeprefix("model.")], base[tuned_w]), "the top layer was trained"
+    np.testing.assert_array_equal(plain[frozen_w.removeprefix("model.")], base[frozen_w])
+    assert not any(f"layers.{layer}." in k for k in plain), "cut to the chosen depth"
+    # the saved folder alone gives the vectors the run's head predicts from
+    texts = ["goal match striker", "market shares bank storm"]
+    predictor = classifine.load(run.dir)
+    ours = predictor.scorer.encoder.encode(texts)
+    st = SentenceTransformer(str(run.model_dir / "encoder"), device="cpu").encode(texts)
+    np.testing.assert_allclose(ours, st, atol=1e-4)
+    np.testing.assert_allclose(predictor.scorer.predict_proba(texts), predictor.scorer.head.predict_proba(st), atol=1e-4)
+
+
+def test_tune_layers_refuses_what_it_cannot_tune_at_once(toy_tasks, tmp_path, bert_path, deep_gemma):
+    with pytest.raises(ConfigError) as e:
+        classifine.train(toy_tasks["single_label"], method="embed", model=bert_path, out=tmp_path / "r",
+                         config={"tune_layers": 1, "save_encoder": False}, progress=False)
+    assert "not a decoder" in str(e.value) and "save_encoder" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        classifine.train(toy_tasks["single_label"], method="embed", model=deep_gemma, out=tmp_path / "r",
+                         config={"tune_layers": 2, "layer": 2}, progress=False)
+    assert "set it below 2" in str(e.value)
+    with pytest.raises(ConfigError, match="below 4"):
+        classifine.train(toy_tasks["single_label"], method="hybrid", model=deep_gemma, out=tmp_path / "r",
+                         config={"embed": {"tune_layers": 4}}, progress=False)
+    assert not (tmp_path / "r").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fcntl
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -210,3 +211,16 @@ def is_decoder(path_or_name: str) -> bool:
     return not getattr(cfg, "is_encoder_decoder", False) and any(
         a.endswith("ForCausalLM") for a in (getattr(cfg, "architectures", None) or [])
     ) or cfg.model_type in {"gemma3_text", "gemma3", "gemma2", "gemma", "llama", "qwen2", "qwen3", "mistral", "phi3", "gpt2"}
+
+
+def cut_config(config: dict, layers: int, start: int = 0) -> dict:
+    """A model config (config.json as a dict) keeping ``layers`` layers from ``start``: transformers
+    then builds and runs only those (the weights of the others are left unread), each with its own
+    attention type (``layer_types``)."""
+    out = json.loads(json.dumps(config))
+    text = out.get("text_config") if isinstance(out.get("text_config"), dict) else out
+    text["num_hidden_layers"] = layers
+    for key in ("layer_types", "sliding_window_pattern_list"):
+        if isinstance(text.get(key), list):
+            text[key] = text[key][start:start + layers]
+    return out

@@ -20,8 +20,8 @@ from ..generative.causal_lm import GenerativeScorer
 
 METHODS = {
     "tfidf": "TF-IDF char n-grams + logistic regression (the baseline)",
-    "embed": "frozen encoder/decoder embeddings + linear or ordinal head",
-    "hybrid": "TF-IDF + frozen LM embeddings, blended with a weight chosen on validation",
+    "embed": "frozen encoder/decoder embeddings (a decoder's top layers optionally tuned) + linear or ordinal head",
+    "hybrid": "TF-IDF + LM embeddings (method embed), blended with a weight chosen on validation",
     "head": "AutoModelForSequenceClassification fine-tuning (full or LoRA) on the HF Trainer",
     "sft": "causal LM + LoRA answering the task prompt; label scoring, calibrated, schema-constrained JSON; multi-task",
     "orpo": "ORPO preference tuning (TRL) on gold vs the model's own wrong answers; multi-task",

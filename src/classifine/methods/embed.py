@@ -39,8 +39,8 @@ from pydantic import Field
 
 from ..core.accel import Forward, cache_key, onnx_cache, onnx_missing, read_choice, remember, requested
 from ..core.budget import plan_for_encoder, token_lengths, truncation
-from ..core.data import Examples
-from ..core.models import is_decoder, resolve
+from ..core.data import Examples, sample_rows
+from ..core.models import cut_config, is_decoder, resolve
 from ..core.settings import InferenceSettings, Settings
 from ..core.task import TaskSpec
 from ..errors import ConfigError, ModelError
@@ -65,10 +65,14 @@ class Config(Settings, InferenceSettings):
     C: float | Literal["auto"] = "auto"   # auto: chosen on validation from C_GRID
     layer: int | Literal["auto", "last"] = "auto"   # layers kept (1..n); auto: chosen on validation
     save_encoder: bool = True     # model/encoder as a sentence-transformers folder (hard-linked weights)
+    tune_layers: int = Field(default=0, ge=0)   # decoders: the top layers kept are fine-tuned (methods/top_layers.py)
+    tune_epochs: int = Field(default=3, ge=1)
+    tune_lr: float = Field(default=1e-4, gt=0)
 
 
 C_GRID = (0.25, 1.0, 4.0, 16.0)   # the head's inverse regularisation, tried on the chosen layer
 CANDIDATES = 6                   # depths compared by layer: auto
+CHOOSE_ROWS = 2000               # with tune_layers: training rows the depth is chosen on
 
 
 def candidate_layers(n: int) -> list[int]:
@@ -88,6 +92,20 @@ def _final_norm(model):
     return None
 
 
+def pool_states(hidden, attention_mask, pooling: str, normalize: bool):
+    """One vector per row of token states (right padding, so the last token is at sum(mask) - 1)."""
+    import torch
+
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "mean":
+        vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    elif pooling == "last":
+        vec = hidden[torch.arange(hidden.shape[0]), attention_mask.sum(1) - 1]
+    else:
+        vec = hidden[:, 0]
+    return torch.nn.functional.normalize(vec, dim=-1) if normalize else vec
+
+
 def _pooled(model, pooling: str, normalize: bool, candidates: tuple[int, ...] | None = None):
     """The encoder with its pooling as one module of (input_ids, attention_mask) -> vectors: what
     PyTorch runs and what ONNX exports (right padding, so the last token is at sum(mask) - 1).
@@ -98,14 +116,7 @@ def _pooled(model, pooling: str, normalize: bool, candidates: tuple[int, ...] | 
     depth = model.config.num_hidden_layers
 
     def pool(hidden, attention_mask):
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        if pooling == "mean":
-            vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        elif pooling == "last":
-            vec = hidden[torch.arange(hidden.shape[0]), attention_mask.sum(1) - 1]
-        else:
-            vec = hidden[:, 0]
-        return torch.nn.functional.normalize(vec, dim=-1) if normalize else vec
+        return pool_states(hidden, attention_mask, pooling, normalize)
 
     class Pooled(torch.nn.Module):
         def __init__(self):
@@ -130,25 +141,13 @@ def _depth(path: str) -> int:
     return int((config.get_text_config() if hasattr(config, "get_text_config") else config).num_hidden_layers)
 
 
-def cut_config(config: dict, layers: int) -> dict:
-    """A model config (config.json as a dict) cut to its first ``layers`` layers: transformers then
-    builds and runs only those (the weights of the others are left unread)."""
-    out = json.loads(json.dumps(config))
-    text = out.get("text_config") if isinstance(out.get("text_config"), dict) else out
-    text["num_hidden_layers"] = layers
-    for key in ("layer_types", "sliding_window_pattern_list"):
-        if isinstance(text.get(key), list):
-            text[key] = text[key][:layers]
-    return out
-
-
 class Encoder:
     """A frozen transformer that turns texts into one vector each, run by PyTorch or ONNX Runtime
     (``engine``; core/accel.py) in token-bounded, length-sorted batches."""
 
     def __init__(self, model: str, pooling: str = "auto", max_length: int = 256, batch_size: int | None = None,
                  prefix: str = "", normalize: bool = True, engine: str = "torch", layers: int | None = None,
-                 candidates: tuple[int, ...] | None = None):
+                 candidates: tuple[int, ...] | None = None, loaded=None):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -172,6 +171,9 @@ class Encoder:
         def module():
             from transformers.utils import logging as hf_logging
 
+            if loaded is not None:  # a model in memory (tuned layers): PyTorch only, it has no files to key a graph by
+                return _pooled(loaded, self.pooling, normalize)
+
             kwargs = {}
             if self.layers < self.depth:
                 kwargs["config"] = type(config).from_dict(cut_config(config.to_dict(), self.layers))
@@ -191,7 +193,8 @@ class Encoder:
         key = cache_key(self.pooling, normalize, self.layers, self.candidates,
                         (src / "config.json").read_text() if (src / "config.json").is_file() else path,
                         files=_weight_files(src) if src.is_dir() else [])
-        self.forward = Forward(self.tokenizer, max_length, module, engine, onnx_cache(key), prefix, memo_key=key)
+        self.forward = Forward(self.tokenizer, max_length, module, "torch" if loaded is not None else engine, onnx_cache(key),
+                               prefix, memo_key=None if loaded is not None else key)
         if batch_size:
             self.forward.max_rows = batch_size
 
@@ -244,6 +247,20 @@ def prepare(task: TaskSpec, train: Examples, config: Config, model: str) -> tupl
         if not 1 <= config.layer <= depth:
             raise ConfigError(f"layer {config.layer} is outside {model}'s {depth} layers",
                               [f"set layer to 1..{depth}, 'last' or 'auto' (chosen on validation)"])
+    if config.tune_layers:
+        problems, depth = [], _depth(resolve(model))
+        if config.tune_layers >= depth:
+            problems.append(f"{model} has {depth} layers: set tune_layers below {depth} (one layer at least stays frozen)")
+        if not is_decoder(model):
+            problems.append(f"{model} is not a decoder: tune_layers feeds cached states to its top layers, which only "
+                            "decoders take as they are; use method head to fine-tune an encoder")
+        if isinstance(config.layer, int) and config.tune_layers >= config.layer:
+            problems.append(f"tune_layers {config.tune_layers} leaves none of the {config.layer} kept layers frozen: "
+                            f"set it below {config.layer}")
+        if not config.save_encoder:
+            problems.append("the tuned layers live only in model/encoder: drop save_encoder: false")
+        if problems:
+            raise ConfigError("tune_layers cannot be used with these settings:", problems)
     facts = plan_for_encoder(model, train.texts, config, training=False, prefix=config.prefix)
     return config.model_copy(update={"max_length": facts["max_length"]}), facts
 
@@ -258,20 +275,24 @@ def _best(scores: dict, prefer) -> object:
 def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Config, model: str,
         run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     model_dir = run_dir / "model"
-    y, y_val = train.labels, (validation.labels if validation is not None else None)
+    y_val = validation.labels if validation is not None else None
     choose = validation is not None and len(validation) > 0
 
-    def head_for(X, Xv, C):
+    def head_for(X, Xv, C, rows=train):
         head = make_head(task.kind, C, config.class_weight)
-        return fit_head(head, task.kind, X, y, task.label_names, Xv, y_val, targets=train.targets)
+        return fit_head(head, task.kind, X, rows.labels, task.label_names, Xv, y_val, targets=rows.targets)
 
     facts: dict = {}
     C = 1.0 if config.C == "auto" else config.C
     if config.layer == "auto" and choose:
         # one forward pass, every candidate depth pooled from it; a head per depth, kept on validation
-        encoder = fit_encoder(model, config, tuple(candidate_layers(_depth(resolve(model)))))
-        Xs, Xs_val = encoder.encode(train.texts, progress=progress), encoder.encode(validation.texts, progress=progress)
-        scores = {k: selection_score(task, y_val, head_for(Xs[:, i], Xs_val[:, i], C).predict_proba(Xs_val[:, i]))
+        # tuning needs a frozen layer below the tuned ones: shallower depths are not candidates
+        depths = candidate_layers(_depth(resolve(model)))
+        encoder = fit_encoder(model, config, tuple([k for k in depths if k > config.tune_layers] or depths[-1:]))
+        # tuning replaces these vectors by its own: a sample of the rows is enough to choose the depth
+        rows = sample_rows(task, train, CHOOSE_ROWS, config.seed) if config.tune_layers else train
+        Xs, Xs_val = encoder.encode(rows.texts, progress=progress), encoder.encode(validation.texts, progress=progress)
+        scores = {k: selection_score(task, y_val, head_for(Xs[:, i], Xs_val[:, i], C, rows).predict_proba(Xs_val[:, i]))
                   for i, k in enumerate(encoder.candidates)}
         layers = _best(scores, prefer=lambda k: k)
         i = encoder.candidates.index(layers)
@@ -283,6 +304,14 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
         X = encoder.encode(train.texts, progress=progress)
         X_val = encoder.encode(validation.texts, progress=progress) if validation is not None else None
         layers, depth = encoder.layers, encoder.depth
+    tuned = None
+    if config.tune_layers:  # the kept layers' top ones trained for the task; X are then the tuned vectors
+        from .top_layers import tune
+
+        tuned, X, X_val, facts["tuning"] = tune(
+            resolve(model), layers, config.tune_layers, encoder.tokenizer, train, validation, task, config,
+            pool=lambda h, m: pool_states(h, m, encoder.pooling, config.normalize),
+            select=lambda p: selection_score(task, y_val, p), progress=progress)
     if config.C == "auto" and choose:
         scores = {c: selection_score(task, y_val, head_for(X, X_val, c).predict_proba(X_val)) for c in C_GRID}
         C = _best(scores, prefer=lambda c: c)
@@ -290,10 +319,13 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
     head = head_for(X, X_val, C)
     head.save(model_dir)
     final = config.model_copy(update={"layer": layers, "C": C})
-    cut = _encoder_for(model, final)  # what prediction runs: only the chosen layers (built on first use)
-    if encoder.candidates and layers < depth:
+    if tuned is not None:  # the base model's files would not hold the tuned layers: written, checked below
+        cut = Encoder(model, encoder.pooling, final.max_length, final.batch_size, final.prefix, final.normalize, loaded=tuned)
+    else:
+        cut = _encoder_for(model, final)  # what prediction runs: only the chosen layers (built on first use)
+    if encoder.candidates and layers < depth and tuned is None:
         _check_cut(cut, validation.texts[:4], X_val[:4])
-    saved = save_sentence_transformer(cut, model, model_dir / ENCODER) if config.save_encoder else None
+    saved = save_sentence_transformer(cut, model, model_dir / ENCODER, link=tuned is None) if config.save_encoder else None
     meta = {"model": model, **final.model_dump(), **({"sentence_transformers": ENCODER} if saved else {})}
     (model_dir / "encoder.json").write_text(json.dumps(meta, indent=1))
     if saved:
@@ -301,6 +333,9 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
         # the cut model's vectors are the chosen depth's (checked above): the pipeline's tuning pass
         # over validation, right after this, need not run the model again
         own = _encoder_for(str(model_dir / ENCODER), final)
+        if tuned is not None:
+            _check_cut(own, (validation.texts if validation is not None else train.texts)[:4],
+                       (X_val if validation is not None else X)[:4])
         if validation is not None:
             remember(own.forward, validation.texts, X_val)
     return {"embedding_dim": encoder.dim, "pooling": encoder.pooling, "decoder": encoder.decoder, "fit_engine": encoder.engine,
@@ -312,7 +347,7 @@ def _check_cut(cut: Encoder, texts: list[str], expected: np.ndarray) -> None:
     last norm classifine does not find would not): refuse rather than save a run that predicts otherwise."""
     got = cut.forward(list(texts))  # PyTorch, unmemoised: this is the check
     if not np.allclose(got, expected, atol=1e-3):
-        raise ModelError(f"{cut.layers} layers of this model do not reproduce the pooled hidden state of layer {cut.layers}",
+        raise ModelError(f"the saved {cut.layers}-layer encoder does not reproduce the vectors its head was fitted on",
                          [f"largest difference {float(np.abs(got - expected).max()):.2e}",
                           "set layer: last (the whole model) for this architecture"])
 
@@ -340,7 +375,7 @@ def _link_or_copy(src: Path, dst: Path) -> str:
         return "copied"
 
 
-def save_sentence_transformer(encoder: Encoder, model: str, dest: Path) -> str:
+def save_sentence_transformer(encoder: Encoder, model: str, dest: Path, link: bool = True) -> str:
     """Write ``encoder`` as a sentence-transformers folder at ``dest`` (the legacy module names the
     packaged MiniLM ships with; 6.x's own ``save`` writes paths older versions cannot import);
     returns how the weights got there: ``linked``,
@@ -350,7 +385,7 @@ def save_sentence_transformer(encoder: Encoder, model: str, dest: Path) -> str:
     tmp = Path(tempfile.mkdtemp(prefix=f".{ENCODER}-", dir=dest.parent))
     try:
         src = Path(resolve(model))
-        weights = _weight_files(src) if src.is_dir() and (src / "config.json").is_file() else []
+        weights = _weight_files(src) if link and src.is_dir() and (src / "config.json").is_file() else []
         if weights:  # the very files the encoder was loaded from: embeddings are bit-identical
             config = json.loads((src / "config.json").read_text())
             if encoder.layers < encoder.depth:  # the deeper layers' weights stay in the file, unread

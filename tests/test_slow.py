@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -63,6 +64,27 @@ def test_embed_gemma_on_the_bilingual_example(tmp_path):
     assert len(info["layer_scores"]) == 6 and str(info["layer"]) in info["layer_scores"]
     assert json.loads((out / "model" / "encoder" / "config.json").read_text())["num_hidden_layers"] == info["layer"]
     _engines_agree(out, ["onnx"])
+
+
+@gemma
+def test_embed_gemma_tuned_top_layers_on_the_bilingual_example(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "run"
+    run = classifine.train(EXAMPLE / "task.yaml", method="embed", model="gemma-3-270m", out=out,
+                           train=_subset(tmp_path, "train", 12), test=_subset(tmp_path, "test", 6),
+                           config={"tune_layers": 2, "engine": "torch"}, progress=False)
+    m, info = _metrics(out), run.config["info"]
+    assert m["n"] == 36 and m["macro_f1"] > 0.4  # chance is 1/6
+    layer = info["layer"]
+    assert info["tuning"]["layers"] == [layer - 1, layer] and len(info["tuning"]["epoch_scores"]) == 3
+    assert info["encoder_weights"] == "written"
+    # the saved encoder is a plain sentence-transformers folder that gives the run's answers
+    texts = ["주가가 급등했다", "The striker scored twice in the final"]
+    vectors = SentenceTransformer(str(out / "model" / "encoder"), device="cpu").encode(texts)
+    predictor = classifine.load(out)
+    direct = predictor.scorer.head.predict_proba(vectors)
+    np.testing.assert_allclose(predictor.scorer.predict_proba(texts), direct, atol=1e-4)
 
 
 @gemma

@@ -93,6 +93,8 @@ def _loss_fn(kind: str, classes: list[str], y, targets, class_weight):
                 cw = class_weights(["0", "1"], {"0": len(Y) - pos[j], "1": pos[j]},
                                    class_weight if class_weight in (None, "none", "balanced") else "none")
                 w0[j], w1[j] = cw["0"], cw["1"]
+            if isinstance(class_weight, dict):  # a per-label weight scales that label's positives (as linear.py)
+                w1[j] *= float(class_weight.get(classes[j], 1.0))
         Yt, W1, W0 = torch.from_numpy(Y), torch.from_numpy(w1), torch.from_numpy(w0)
 
         def loss(logits, idx):

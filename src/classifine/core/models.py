@@ -213,13 +213,13 @@ def is_decoder(path_or_name: str) -> bool:
     ) or cfg.model_type in {"gemma3_text", "gemma3", "gemma2", "gemma", "llama", "qwen2", "qwen3", "mistral", "phi3", "gpt2"}
 
 
-def cut_config(config: dict, layers: int, start: int = 0) -> dict:
+def cut_config(config: dict, layers: int, start: int = 0, **text_settings) -> dict:
     """A model config (config.json as a dict) keeping ``layers`` layers from ``start``: transformers
     then builds and runs only those (the weights of the others are left unread), each with its own
-    attention type (``layer_types``)."""
+    attention type (``layer_types``); ``text_settings`` override the text model's other keys."""
     out = json.loads(json.dumps(config))
     text = out.get("text_config") if isinstance(out.get("text_config"), dict) else out
-    text["num_hidden_layers"] = layers
+    text.update(text_settings, num_hidden_layers=layers)
     for key in ("layer_types", "sliding_window_pattern_list"):
         if isinstance(text.get(key), list):
             text[key] = text[key][start:start + layers]

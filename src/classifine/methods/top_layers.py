@@ -22,7 +22,6 @@ position embeddings and a norm to ``inputs_embeds``).
 from __future__ import annotations
 
 import copy
-import logging
 import time
 
 import numpy as np
@@ -32,14 +31,30 @@ from ..core.models import cut_config
 from ..errors import ModelError
 from ..scoring.decision import class_weights
 
-log = logging.getLogger("classifine")
 BATCH_ROWS = 16
 HEAD_LR = 1e-3
 SCALE = 10.0   # pooled vectors are L2-normalised: logits of a unit vector need a larger scale to train
 
 
+LAYERS = "layers."
+
+
 def _layer_output(output):
     return output[0] if isinstance(output, tuple) else output
+
+
+def _shift(state: dict, offset: int) -> dict:
+    """``state`` with layer ``i`` renamed ``i + offset`` (layers that fall below 0 dropped) and
+    without the embedding matrix: how weights move between the cut model and its top layers."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith(LAYERS):
+            i, rest = k[len(LAYERS):].split(".", 1)
+            if int(i) + offset >= 0:
+                out[f"{LAYERS}{int(i) + offset}.{rest}"] = v
+        elif not k.startswith("embed_tokens"):
+            out[k] = v
+    return out
 
 
 def lower_states(net, tokenizer, texts: list[str], prefix: str, max_length: int, progress: bool) -> list:
@@ -49,7 +64,7 @@ def lower_states(net, tokenizer, texts: list[str], prefix: str, max_length: int,
     from tqdm.auto import tqdm
 
     captured = []
-    hook = net.layers[len(net.layers) - 1].register_forward_hook(lambda m, i, o: captured.append(_layer_output(o)))
+    hook = net.layers[-1].register_forward_hook(lambda m, i, o: captured.append(_layer_output(o)))
     seqs = tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length)["input_ids"]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = [None] * len(texts)
@@ -154,21 +169,10 @@ def tune(model_path: str, depth: int, tune_layers: int, tokenizer, train, valida
     states = lower_states(lower, tokenizer, texts, config.prefix, config.max_length, progress)
     del lower
     cut = load(depth)
-    top_config = cut_config(cut.config.to_dict(), tune_layers, start=lower_depth)
-    text = top_config.get("text_config") if isinstance(top_config.get("text_config"), dict) else top_config
-    text.update(vocab_size=1, pad_token_id=None)  # fed states, never token ids: no embedding matrix
+    # fed states, never token ids: a one-row embedding matrix
+    top_config = cut_config(cut.config.to_dict(), tune_layers, start=lower_depth, vocab_size=1, pad_token_id=None)
     top = AutoModel.from_config(type(cut.config).from_dict(top_config)).float()
-    prefix = "layers."
-    own = {k: v for k, v in cut.state_dict().items() if not k.startswith("embed_tokens")}
-    moved = {}
-    for k, v in own.items():
-        if k.startswith(prefix):
-            i, rest = k[len(prefix):].split(".", 1)
-            if int(i) >= lower_depth:
-                moved[f"{prefix}{int(i) - lower_depth}.{rest}"] = v
-        else:
-            moved[k] = v
-    missing, unexpected = top.load_state_dict(moved, strict=False)
+    missing, unexpected = top.load_state_dict(_shift(cut.state_dict(), -lower_depth), strict=False)
     if unexpected or [k for k in missing if not k.startswith("embed_tokens")]:
         raise ModelError("this architecture's top layers cannot be run on their own",
                          [f"missing {missing[:3]}, unexpected {unexpected[:3]}", "use tune_layers: 0 (frozen) or method head"])
@@ -231,14 +235,7 @@ def tune(model_path: str, depth: int, tune_layers: int, tokenizer, train, valida
     bar.close()
     if best is not None:
         top.load_state_dict(best)
-    back = {}
-    for k, v in top.state_dict().items():  # the tuned layers and the final norm go back into the cut model
-        if k.startswith(prefix):
-            i, rest = k[len(prefix):].split(".", 1)
-            back[f"{prefix}{int(i) + lower_depth}.{rest}"] = v
-        elif not k.startswith("embed_tokens"):
-            back[k] = v
-    cut.load_state_dict(back, strict=False)
+    cut.load_state_dict(_shift(top.state_dict(), lower_depth), strict=False)  # the tuned layers and final norm
     X = predict(list(range(n_train)))
     X_val = predict(val_ids) if val_ids else None
     facts = {"layers": [lower_depth + 1, depth], "epochs": config.tune_epochs, "lr": config.tune_lr,

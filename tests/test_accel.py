@@ -35,6 +35,21 @@ def test_token_batches_bound_padded_tokens_and_cover_every_row_once():
         assert lengths[a].min() >= lengths[b].max()
 
 
+def test_token_batches_split_a_small_set_by_length_rather_than_pad_it_to_the_longest():
+    from classifine.core.accel import MIN_FILL, MIN_SPLIT_ROWS
+
+    rng = np.random.default_rng(1)
+    lengths = np.concatenate([rng.integers(50, 65, 20), rng.integers(10, 25, 44)])  # 64 rows fit one batch by tokens
+    batches = token_batches(lengths, max_tokens=8192, max_rows=128)
+    assert len(batches) > 1
+    for b in batches:
+        assert len(b) <= MIN_SPLIT_ROWS or lengths[b].min() >= MIN_FILL * lengths[b].max()
+    padded = sum(lengths[b].max() * len(b) for b in batches)
+    assert padded < 0.7 * lengths.max() * len(lengths)
+    # equal lengths still fill whole batches
+    assert [len(b) for b in token_batches([30] * 200, max_tokens=8192, max_rows=128)] == [128, 72]
+
+
 def test_token_batches_of_nothing_and_of_empty_texts():
     assert token_batches([]) == []
     assert [b.tolist() for b in token_batches([0, 0, 0], max_tokens=2, max_rows=8)] == [[0, 1], [2]]

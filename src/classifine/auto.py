@@ -44,8 +44,10 @@ UNITS = {"h": 3600, "m": 60, "s": 1}
 MAX_VALIDATION = 2000   # rows held out for choosing: enough to separate tries by a point, cheap to embed
 MIN_ROWS = 200          # fewer training rows than this make a model try not worth its time
 SPEED_ROWS = 200        # validation texts a try's docs/s is measured on
-PROBE_ROWS = 64         # texts embedded to measure a model's docs/s
-TRAIN_COST = 12.0       # a training row costs this many ONNX probe passes (fwd + bwd in PyTorch, optimiser; measured 10-14)
+PROBE_ROWS = 128        # texts embedded to measure a model's docs/s (batched by length as every pass is)
+# a training row costs this many ONNX probe passes (fwd + bwd in PyTorch, optimiser): the head tries'
+# estimates with 12 were 1.3-1.8x what they took on NSMC, kocohub and id_hate (BENCHMARKS.md)
+TRAIN_COST = 9.0
 SAFETY = 1.15           # estimates are scaled up by this before they are compared with the budget
 TUNE_LAYERS = 2         # a decoder's hybrid tunes its top two kept layers (methods/top_layers.py)
 TUNE_LOWER = 1.5        # the frozen layers below them run this many times the probe's docs/s (a cut model)

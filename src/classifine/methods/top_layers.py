@@ -169,8 +169,10 @@ def tune(model_path: str, depth: int, tune_layers: int, tokenizer, train, valida
     states = lower_states(lower, tokenizer, texts, config.prefix, config.max_length, progress)
     del lower
     cut = load(depth)
-    # fed states, never token ids: a one-row embedding matrix
-    top_config = cut_config(cut.config.to_dict(), tune_layers, start=lower_depth, vocab_size=1, pad_token_id=None)
+    # fed states, never token ids: a one-row embedding matrix and no special token ids (which
+    # transformers would warn lie outside that vocabulary)
+    top_config = cut_config(cut.config.to_dict(), tune_layers, start=lower_depth, vocab_size=1,
+                            **{f"{k}_token_id": None for k in ("pad", "bos", "eos", "unk")})
     top = AutoModel.from_config(type(cut.config).from_dict(top_config)).float()
     missing, unexpected = top.load_state_dict(_shift(cut.state_dict(), -lower_depth), strict=False)
     if unexpected or [k for k in missing if not k.startswith("embed_tokens")]:

@@ -85,6 +85,31 @@ def test_blend_ends_are_the_parts():
 
 
 @pytest.mark.parametrize("kind", ["single_label", "multi_label"])
+def test_the_blend_weight_reads_how_parts_rank_labels_not_how_confident_they_are(toy_tasks, kind):
+    from classifine.core.task import as_task
+    from classifine.methods.hybrid import _calibrated_log_loss
+    from classifine.scoring.metrics import log_loss
+    from classifine.scoring.decision import probabilities
+
+    task = as_task(toy_tasks[kind])
+    labels = task.label_names
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, len(labels))) * 2
+    kind_ = "multi_label" if kind == "multi_label" else "single_label"
+    honest, overconfident = probabilities(kind_, z), probabilities(kind_, z * 3)
+    # gold drawn from the honest probabilities: they are calibrated, the sharpened ones are not
+    if kind == "multi_label":
+        gold = [[lab for j, lab in enumerate(labels) if rng.random() < honest[i, j]] for i in range(200)]
+    else:
+        gold = [labels[int(rng.choice(len(labels), p=honest[i]))] for i in range(200)]
+    raw = [log_loss(p, gold, labels, kind == "multi_label") for p in (honest, overconfident)]
+    calibrated = [_calibrated_log_loss(task, p, gold) for p in (honest, overconfident)]
+    assert raw[1] > raw[0] + 0.1   # overconfidence costs raw log-loss...
+    assert calibrated[1] == pytest.approx(calibrated[0], abs=1e-3)   # ...and nothing once a temperature is fitted
+    assert calibrated[0] <= raw[0] + 1e-9
+
+
+@pytest.mark.parametrize("kind", ["single_label", "multi_label"])
 def test_hybrid_is_never_worse_than_its_parts_on_validation(toy_tasks, tmp_path, bert_path, kind):
     run = classifine.train(toy_tasks[kind], method="hybrid", model=bert_path, out=tmp_path / "r",
                            config={"embed_rows": 40, "embed": {"layer": "last"}}, progress=False)

@@ -95,8 +95,7 @@ def test_the_blend_weight_reads_how_parts_rank_labels_not_how_confident_they_are
     labels = task.label_names
     rng = np.random.default_rng(0)
     z = rng.normal(size=(200, len(labels))) * 2
-    kind_ = "multi_label" if kind == "multi_label" else "single_label"
-    honest, overconfident = probabilities(kind_, z), probabilities(kind_, z * 3)
+    honest, overconfident = probabilities(kind, z), probabilities(kind, z * 3)
     # gold drawn from the honest probabilities: they are calibrated, the sharpened ones are not
     if kind == "multi_label":
         gold = [[lab for j, lab in enumerate(labels) if rng.random() < honest[i, j]] for i in range(200)]

@@ -10,9 +10,10 @@ once, after the choice.
 Which tries, and how many rows each gets, comes from measurements taken here, not from a table:
 the TF-IDF baseline first (all rows; its time is extrapolated from a fit on a sample), then per
 language model a ``hybrid`` (TF-IDF + the model's embeddings from the layer chosen on validation,
-a decoder's top two of those layers tuned for the task), then a fine-tuned ``head``. Before a model's tries, a probe embeds a few training texts to measure
-its docs/s on this machine (ONNX export included); a try gets as many rows as fit its share of
-what is left of the budget and is not started when even the fewest useful rows would not fit.
+a decoder's top two of those layers tuned for the task), then a fine-tuned ``head``. Before a
+model's tries, a probe embeds a few training texts to measure its docs/s on this machine (ONNX
+export included); a try gets as many rows as fit its share of what is left of the budget and is
+not started when even the fewest useful rows would not fit.
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def token_batches(lengths, max_tokens: int = MAX_BATCH_TOKENS, max_rows: int = M
     A batch of ``MIN_SPLIT_ROWS`` rows or more also ends where the next text is shorter than
     ``MIN_FILL`` of its longest: on a CPU the cost is linear in padded tokens from 16 rows up, so
     padding is pure loss (64 random Korean comments in one batch padded to the longest ran at 20
-    docs/s, the same texts at their own lengths at 48)."""
+    docs/s with Gemma 3 270M, the same texts in batches of similar lengths at 40)."""
     lengths = np.asarray(lengths)
     order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0

@@ -5,10 +5,10 @@ the training set (in seconds), a frozen language model knows words the training 
 but, on a CPU, sees only as many rows as the budget embeds. Their log-probabilities (logits for
 multi-label) are averaged with weight ``w`` on TF-IDF, ``w`` chosen on validation from 0, 0.1, ...,
 1 by log-loss, so on validation the blend is never less likely than either part alone (each at its
-best temperature, see below; w = 1 is the TF-IDF part, w = 0 the embed part). Log-loss, not macro-F1: the blend is a probability model,
-and on a thousand validation rows with a rare class the argmax metric moved by noise (a weight
-chosen by validation macro-F1 won 2 points there and lost 1.8 on test; BENCHMARKS.md). The
-macro-F1 of every weight is recorded beside it.
+best temperature, see below; w = 1 is the TF-IDF part, w = 0 the embed part). Log-loss, not
+macro-F1: the blend is a probability model, and on a thousand validation rows with a rare class the
+argmax metric moved by noise (a weight chosen by validation macro-F1 won 2 points there and lost
+1.8 on test; BENCHMARKS.md). The macro-F1 of every weight is recorded beside it.
 
 Each weight's log-loss is read after a temperature fitted to that blend, because the weight should
 say which part *ranks* the labels better, not which is better calibrated: the run calibrates the
@@ -149,14 +149,13 @@ def fit(task: TaskSpec, train: Examples, validation: Examples | None, config: Co
 
 def _calibrated_log_loss(task: TaskSpec, probs: np.ndarray, gold: list) -> float:
     """Validation log-loss of ``probs`` after the temperature that minimises it (see the module doc)."""
-    multi = task.kind == "multi_label"
+    multi, labels = task.kind == "multi_label", task.label_names
     p = np.clip(probs, 1e-12, 1 - 1e-12)
     scores = np.log(p / (1 - p)) if multi else np.log(p)
-    labels = task.label_names
     targets = (np.array([[lab in g for lab in labels] for g in gold], dtype=np.float64) if multi
                else np.array([labels.index(g) for g in gold]))
-    kind = "multi_label" if multi else "single_label"
-    return log_loss(probabilities(kind, scores, fit_temperature(kind, scores, targets)), gold, labels, multi)
+    t = fit_temperature(task.kind, scores, targets)
+    return log_loss(probabilities(task.kind, scores, t), gold, labels, multi)
 
 
 class Scorer:

@@ -34,9 +34,7 @@ from ..scoring.decision import class_weights
 BATCH_ROWS = 16
 HEAD_LR = 1e-3
 SCALE = 10.0   # pooled vectors are L2-normalised: logits of a unit vector need a larger scale to train
-
-
-LAYERS = "layers."
+LAYERS = "layers."   # the decoder's layer weights: layers.<i>.<rest>
 
 
 def _layer_output(output):

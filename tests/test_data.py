@@ -15,6 +15,7 @@ from classifine.core.data import (
     Examples,
     iter_records,
     label_stats,
+    join_fields,
     load_examples,
     parse_label,
     read_table,
@@ -540,6 +541,16 @@ def test_records_to_texts_joins_fields():
     task = make_task(text=("title", "body"))
     records = [{"title": "T", "body": "B", "extra": 1}, {"title": None, "body": "only body"}]
     assert records_to_texts(task, records) == ["T\nB", "only body"]
+
+
+def test_records_to_texts_joins_like_the_table_path():
+    # a record (server, JSONL) and the same row read from a table must give the model the same text
+    task = make_task(text=("title", "body"))
+    records = [{"title": "  padded  ", "body": 7}, {"title": float("nan"), "body": "b"}, {"title": "", "body": "  "},
+               {"title": "x\ny", "body": None}, {"title": True, "body": 2.5}]
+    frame = pd.DataFrame(records, columns=["title", "body"], dtype=object)
+    assert records_to_texts(task, records) == join_fields(frame, ["title", "body"])
+    assert records_to_texts(task, records) == ["padded\n7", "b", "", "x\ny", "True\n2.5"]
 
 
 def test_records_to_texts_names_a_missing_field():

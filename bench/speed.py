@@ -4,7 +4,7 @@ BENCHMARKS.md, "Inference speed").
     python bench/speed.py pipeline RUN --input TEST.csv        # classifine vs transformers.pipeline (head or embed run)
     python bench/speed.py scoring RUN --json-run RUN2 --input TEST.csv --rows 200
                                                                # label scoring vs the JSON recipe's generation
-    python bench/speed.py server RUN --input TEST.csv          # the server at 1/8/64 clients vs offline batches
+    python bench/speed.py server RUN --input TEST.csv          # the server at 1/8/64 clients (aiohttp) vs offline batches
     python bench/speed.py memory RUN --rows 10000 1000000      # peak RSS of `classifine predict` by file size
 
 Contenders run alternately (round 1: all, round 2: all again; the better rate counts), on the same

@@ -52,6 +52,27 @@ def test_shared_prompt_scoring_equals_full_forward(lm):
     assert np.allclose(fast, naive_scores(model, prompts, conts), atol=2e-4)
 
 
+def test_the_kv_cache_goes_under_the_keyword_this_transformers_reads_without_warning(lm):
+    # transformers 5.2x renamed past_key_values to cache and warns on the old name (gone in 5.40)
+    import inspect
+    import warnings
+
+    from classifine.generative.decoding import cache_keyword, lm_parts
+
+    model, tok = lm
+    decoder = lm_parts(model)[0]
+    assert cache_keyword(decoder) in inspect.signature(decoder.forward).parameters
+    prompts = [tok(t, add_special_tokens=False).input_ids for t in ["<bos>goal match today", "<bos>rain"]]
+    conts = [tok(t, add_special_tokens=False).input_ids for t in ["sports<eos>", "weather<eos>"]]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fast = score_continuations(model, tok, prompts, conts, shared=tok("<bos>frame:", add_special_tokens=False).input_ids)
+        EntityDecoder(model, tok, task("extraction", entity="company"), max_new_tokens=4).decode(prompts[0])
+    assert not [str(w.message) for w in seen if "past_key_values" in str(w.message)]
+    frame = tok("<bos>frame:", add_special_tokens=False).input_ids
+    assert np.allclose(fast, naive_scores(model, [frame + p for p in prompts], conts), atol=2e-4)
+
+
 def test_continuations_sharing_a_prefix_share_its_lm_head_row(lm):
     from classifine.generative.decoding import lm_parts
 

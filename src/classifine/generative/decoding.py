@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 from functools import lru_cache
@@ -31,6 +32,19 @@ def lm_parts(model):
     when wrapped by peft."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
+
+
+def cache_keyword(model) -> str:
+    """The forward keyword of the KV cache: transformers 5.2x renamed ``past_key_values`` to ``cache``
+    (the old name warns on every call and goes in 5.40); the versions before know only the old one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def cache_of(out):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _head_logprobs(head, softcap, hidden, rows, targets, chunk: int = 256):
@@ -107,8 +121,9 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
     pair_u = torch.tensor(units)
     (rep_l, rep_j), U, pair_t = torch.tensor(reps).T, len(reps), C[pair_l, pair_j]
     result = np.zeros((len(prompts), L))
+    kv = cache_keyword(decoder)
     with torch.inference_mode():
-        frame = decoder(input_ids=torch.tensor([shared]), use_cache=True).past_key_values if S else None
+        frame = cache_of(decoder(input_ids=torch.tensor([shared]), use_cache=True)) if S else None
     # documents of similar length share a batch, so little compute goes to padding
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     window = _sliding_window(model)
@@ -128,14 +143,14 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
             if not inline:
                 cache = copy.deepcopy(frame)
                 cache.batch_repeat_interleave(B)
-            first = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-            cache = first.past_key_values
+            first = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kv: cache})
+            cache = cache_of(first)
             cache.batch_repeat_interleave(L)
             cont_ids = C.repeat(B, 1)
             full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask.repeat(B, 1)], 1)
             cont_pos = pos[:, -1:].repeat_interleave(L, 0) + 1 + torch.arange(width)[None, :]
             second = decoder(input_ids=cont_ids, attention_mask=full_mask, position_ids=cont_pos,
-                             past_key_values=cache, use_cache=False)
+                             use_cache=False, **{kv: cache})
             # token j of a continuation is predicted by position j-1 (the prompt's last for j = 0)
             last = first.last_hidden_state[:, -1:].repeat_interleave(L, 0)
             hidden = torch.cat([last, second.last_hidden_state[:, :-1]], 1)
@@ -258,6 +273,7 @@ class EntityDecoder:
 
     def __init__(self, model, tokenizer, task: TaskSpec, max_new_tokens: int = 96, max_entity_chars: int = 120):
         self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.kv = cache_keyword(model)
         self.fmt = PromptFormat.for_tokenizer(tokenizer)
         self.head = '{"' + task.entity + '": ['
         self.end_ids = tokenizer(self.fmt.end_text, add_special_tokens=False).input_ids
@@ -309,8 +325,8 @@ class EntityDecoder:
         cur, cur_lp = None, 0.0  # the entity being written and the log-probability of its tokens
         for _ in range(self.max_new_tokens):
             with torch.inference_mode():
-                out = self.model(input_ids=step_input, past_key_values=past, use_cache=True, logits_to_keep=1)
-            past = out.past_key_values
+                out = self.model(input_ids=step_input, use_cache=True, logits_to_keep=1, **{self.kv: past})
+            past = cache_of(out)
             logp = torch.log_softmax(out.logits[0, -1].float(), -1)
             def allowed(tid: int) -> bool:
                 return tid not in self.special and self._advance(state, self.texts[tid]) is not None

@@ -10,7 +10,7 @@ from classifine.generative.decoding import (EntityDecoder, LabelScorer, check_la
                                             parse_answer, score_continuations)
 from classifine.scoring.decision import fit_temperature, probabilities
 from classifine.errors import ConfigError
-from classifine.generative.prompts import PromptFormat, truncate_texts
+from classifine.generative.prompts import PromptFormat, answer_text, truncate_texts
 from classifine.core.task import parse_task
 
 
@@ -112,21 +112,29 @@ def test_a_frame_shared_by_every_prompt_gives_the_same_scores(lm):
     assert np.allclose(part[:, 2], full[:, 2] - ctx[:, 1], atol=2e-4)
 
 
+@pytest.mark.parametrize("answer_end", [True, False])
 @pytest.mark.parametrize("kind", ["single_label", "multi_label"])
-def test_label_scores_are_those_of_the_prompts_the_model_is_trained_on(lm, kind):
+def test_label_scores_are_those_of_the_prompts_the_model_is_trained_on(lm, kind, answer_end):
     """LabelScorer (frame cached once, then batches) equals a full forward over the exact token ids
-    that training builds (prompt_ids + answer)."""
+    that training builds (prompt_ids + answer); without the answer's end, over the answer less the
+    end-of-turn tokens that every answer closes with."""
     model, tok = lm
     t, fmt = task(kind), PromptFormat.for_tokenizer(tok)
+    end = fmt.ids(fmt.end_text)
+
+    def answer(text: str) -> list[int]:
+        ids = fmt.ids(text + fmt.end_text)
+        assert ids[len(ids) - len(end):] == end
+        return ids if answer_end else ids[:len(ids) - len(end)]
+
     texts = ["goal match", "market shares profit and loss today"]
-    got = LabelScorer(model, tok, t, batch_size=1).scores(texts)
+    got = LabelScorer(model, tok, t, batch_size=1, answer_end=answer_end).scores(texts)
     for i, text in enumerate(texts):
         if kind == "single_label":
-            want = naive_scores(model, [fmt.prompt_ids(t, text)], [fmt.ids(fmt.answer(t, lab)) for lab in t.label_names])[0]
+            want = naive_scores(model, [fmt.prompt_ids(t, text)], [answer(answer_text(t, lab)) for lab in t.label_names])[0]
             want = want - want[0] + got[i][0]  # equal up to the answers' common start (a constant per text)
         else:
-            yes, no = fmt.ids("yes" + fmt.end_text), fmt.ids("no" + fmt.end_text)
-            want = np.array([np.subtract(*naive_scores(model, [fmt.prompt_ids(t, text, lab)], [yes, no])[0])
+            want = np.array([np.subtract(*naive_scores(model, [fmt.prompt_ids(t, text, lab)], [answer("yes"), answer("no")])[0])
                              for lab in t.label_names])
         assert np.allclose(got[i], want, atol=2e-4)
 
@@ -136,13 +144,52 @@ def test_json_answers_score_their_common_start_once(lm):
     are still exactly those of the full answers (a softmax over labels cancels the shared part)."""
     model, tok = lm
     t, fmt = task(output="json"), PromptFormat.for_tokenizer(tok)
-    scorer = LabelScorer(model, tok, t, batch_size=2)
+    scorer = LabelScorer(model, tok, t, batch_size=2, answer_end=True)
     full = [fmt.ids(fmt.answer(t, lab)) for lab in t.label_names]
     assert scorer.common and all(f == scorer.common + c for f, c in zip(full, scorer.conts))
     texts = ["goal match", "market shares profit and loss today", "rain"]
     want = np.array([naive_scores(model, [fmt.prompt_ids(t, x)], full)[0] for x in texts])
     np.testing.assert_allclose(probabilities("single_label", scorer.scores(texts)), probabilities("single_label", want),
                                atol=1e-4)
+
+
+def test_json_answers_without_their_end_score_the_label_tokens_alone(lm):
+    """`"}` and the end of turn close every JSON answer: with them left out, each label is scored by
+    its own tokens after `{"label": "`, in one pass with the prompt when those are one token each."""
+    model, tok = lm
+    t, fmt = task(output="json"), PromptFormat.for_tokenizer(tok)
+    scorer = LabelScorer(model, tok, t, batch_size=2)
+    full = [fmt.ids(fmt.answer(t, lab)) for lab in t.label_names]
+    for lab, f, c in zip(t.label_names, full, scorer.conts):  # sports / business / weather: none starts another
+        assert f[:len(scorer.common) + len(c)] == scorer.common + c
+        assert tok.decode(c) == lab and tok.decode(f[len(scorer.common) + len(c):]) == '"}' + fmt.end_text
+    texts = ["goal match", "market shares profit and loss today", "rain"]
+    want = np.array([naive_scores(model, [fmt.prompt_ids(t, x) + scorer.common], scorer.conts)[0] for x in texts])
+    np.testing.assert_allclose(probabilities("single_label", scorer.scores(texts)), probabilities("single_label", want),
+                               atol=1e-4)
+
+
+def test_the_common_end_is_cut_only_while_labels_stay_apart():
+    from classifine.generative.decoding import _without_common_end
+
+    quote, eot, nl = 9, 1, 2
+    # "hate" would start "hateful" without its closing quote, so the quote stays for every label
+    assert _without_common_end([[5, quote, eot, nl], [5, 6, quote, eot, nl], [7, quote, eot, nl]], [0, 0, 0]) == \
+        [[5, quote], [5, 6, quote], [7, quote]]
+    assert _without_common_end([[5, quote, eot], [7, quote, eot]], [0, 0]) == [[5], [7]]
+    # multi-label: the question is context, its yes/no must remain to be scored
+    assert _without_common_end([[3, 4, 11, eot], [3, 4, 12, eot]], [2, 2]) == [[3, 4, 11], [3, 4, 12]]
+    assert _without_common_end([[3, eot], [4, eot]], [1, 1]) == [[3, eot], [4, eot]]
+    assert _without_common_end([[3, eot], [4, 5]], [0, 0]) == [[3, eot], [4, 5]]
+
+
+def test_one_token_continuations_are_scored_from_the_prompt_alone(lm):
+    model, tok = lm
+    frame = tok("<bos>frame:", add_special_tokens=False).input_ids
+    prompts = [tok(t, add_special_tokens=False).input_ids for t in ["goal match today", "a much longer prompt about the market", "rain"]]
+    conts = [[c] for c in tok(" sports business weather", add_special_tokens=False).input_ids]
+    fast = score_continuations(model, tok, prompts, conts, batch_size=2, shared=frame)
+    assert np.allclose(fast, naive_scores(model, [frame + p for p in prompts], conts), atol=2e-4)
 
 
 def test_label_probabilities_are_valid_for_every_kind(lm):

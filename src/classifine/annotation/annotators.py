@@ -213,7 +213,7 @@ class LocalAnnotator:
             self._load()
             task = tasks[idx[0]]
             meta = {"max_length": self.max_length, "decoding": "score", "score_batch_size": self.batch_size,
-                    "temperature": 1.0}
+                    "temperature": 1.0, "score_answer_end": False}
             scorer = GenerativeScorer(self._net, self._tokenizer, meta, task)
             batch = [texts[i] for i in idx]
             if task.kind == "extraction":

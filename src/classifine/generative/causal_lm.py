@@ -60,7 +60,7 @@ class GenerativeRun:
         meta = {"kind": task.kind, "labels": task.label_names, "base_model": base_model,
                 "max_length": settings.max_length, "decoding": settings.decoding,
                 "max_new_tokens": settings.max_new_tokens, "score_batch_size": settings.score_batch_size,
-                "answer_budget": settings.answer_budget, **facts}
+                "answer_budget": settings.answer_budget, "score_answer_end": False, **facts}
         atomic_write_text(model_dir / META, json.dumps(meta, ensure_ascii=False, indent=1))
         return cls(model_dir, meta)
 
@@ -150,7 +150,8 @@ class GenerativeScorer:
 
     def scores(self, texts: list[str]) -> np.ndarray:
         if self._label_scorer is None:  # built once: it tokenizes every label
-            self._label_scorer = LabelScorer(self.model, self.tokenizer, self.task, self.meta.get("score_batch_size", 8))
+            self._label_scorer = LabelScorer(self.model, self.tokenizer, self.task, self.meta.get("score_batch_size", 8),
+                                             answer_end=self.meta.get("score_answer_end", True))
         return self._label_scorer.scores(self._texts(texts))
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:

@@ -143,17 +143,18 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
             if not inline:
                 cache = copy.deepcopy(frame)
                 cache.batch_repeat_interleave(B)
-            first = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kv: cache})
-            cache = cache_of(first)
-            cache.batch_repeat_interleave(L)
-            cont_ids = C.repeat(B, 1)
-            full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask.repeat(B, 1)], 1)
-            cont_pos = pos[:, -1:].repeat_interleave(L, 0) + 1 + torch.arange(width)[None, :]
-            second = decoder(input_ids=cont_ids, attention_mask=full_mask, position_ids=cont_pos,
-                             use_cache=False, **{kv: cache})
+            first = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=width > 1, **{kv: cache})
             # token j of a continuation is predicted by position j-1 (the prompt's last for j = 0)
-            last = first.last_hidden_state[:, -1:].repeat_interleave(L, 0)
-            hidden = torch.cat([last, second.last_hidden_state[:, :-1]], 1)
+            hidden = first.last_hidden_state[:, -1:].repeat_interleave(L, 0)
+            if width > 1:  # one-token continuations need nothing but the prompt's last state
+                cache = cache_of(first)
+                cache.batch_repeat_interleave(L)
+                cont_ids = C.repeat(B, 1)
+                full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask.repeat(B, 1)], 1)
+                cont_pos = pos[:, -1:].repeat_interleave(L, 0) + 1 + torch.arange(width)[None, :]
+                second = decoder(input_ids=cont_ids, attention_mask=full_mask, position_ids=cont_pos,
+                                 use_cache=False, **{kv: cache})
+                hidden = torch.cat([hidden, second.last_hidden_state[:, :-1]], 1)
             states = hidden.view(B, L, width, -1)[:, rep_l, rep_j].reshape(B * U, -1)
             b = torch.arange(B)[:, None]
             lp = _head_logprobs(head, softcap, states, (b * U + pair_u).reshape(-1), pair_t.repeat(B))
@@ -167,9 +168,15 @@ class LabelScorer:
 
     ``engine(prompts, continuations, shared, scored_from) -> (n_prompts, n_continuations)`` sums
     the log-probabilities of each continuation's scored tokens after ``shared + prompt``; the
-    default runs ``score_continuations`` on ``model``."""
+    default runs ``score_continuations`` on ``model``.
 
-    def __init__(self, model, tokenizer, task: TaskSpec, batch_size: int = 8, engine=None):
+    ``answer_end=False`` leaves out the tokens every answer ends with (a JSON answer's `"}` and the
+    end of turn) wherever the labels stay told apart without them: the model closes a well-formed
+    answer with probability near 1 whatever the label, and those tokens were most of the work
+    (BENCHMARKS.md, "Inference speed"). Runs saved before it score them (``score_answer_end`` in
+    ``generative.json``), so their calibration keeps meaning the same scores."""
+
+    def __init__(self, model, tokenizer, task: TaskSpec, batch_size: int = 8, engine=None, answer_end: bool = False):
         self.tokenizer, self.task, self.common = tokenizer, task, []
         self.fmt = PromptFormat.for_tokenizer(tokenizer)
         if task.kind == "multi_label":
@@ -187,6 +194,8 @@ class LabelScorer:
             self.common = _common_prefix(conts)
             self.conts = [c[len(self.common):] for c in conts]
             self.scored_from = [0] * len(self.conts)
+        if not answer_end:
+            self.conts = _without_common_end(self.conts, self.scored_from)
         # a batch holds batch x continuations sequences: keep it near 64 when there are many labels
         batch = max(1, min(batch_size, 64 // len(self.conts)))
         self.engine = engine or (lambda prompts, conts, shared, scored_from: score_continuations(
@@ -206,6 +215,18 @@ def _common_prefix(seqs: list[list[int]]) -> list[int]:
     while all(len(q) > n + 1 for q in seqs) and len({q[n] for q in seqs}) == 1:
         n += 1
     return list(seqs[0][:n])
+
+
+def _without_common_end(seqs: list[list[int]], scored_from: list[int]) -> list[list[int]]:
+    """``seqs`` less the tokens they all end with, as far as each keeps a scored token and none
+    becomes the start of another ("hate" must still be told from "hateful" by its closing quote)."""
+    n = 0
+    while all(len(q) - (n + 1) > f for q, f in zip(seqs, scored_from)) and len({q[-(n + 1)] for q in seqs}) == 1:
+        cut = [tuple(q[:len(q) - n - 1]) for q in seqs]
+        if any(a != b and b[:len(a)] == a for a in cut for b in cut):
+            break
+        n += 1
+    return [q[:len(q) - n] for q in seqs]
 
 
 def check_label_tokens(task: TaskSpec, ids: list[list[int]]) -> None:

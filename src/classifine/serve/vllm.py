@@ -94,7 +94,8 @@ def vllm_scorer(run: Run, llm=None, trust_remote_code: bool = False) -> Generati
 
         llm = LLM(model=str(weights), tokenizer=str(weights), trust_remote_code=trust_remote_code,
                   enable_prefix_caching=True, dtype="auto")
-    scorer = LabelScorer(None, tokenizer, run.task, engine=VLLMEngine(llm))
+    scorer = LabelScorer(None, tokenizer, run.task, engine=VLLMEngine(llm),
+                         answer_end=saved.meta.get("score_answer_end", True))
     return GenerativeScorer(None, tokenizer, {**saved.meta, "decoding": "score"}, run.task, label_scorer=scorer)
 
 

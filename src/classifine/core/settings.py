@@ -78,7 +78,7 @@ class GenerativeSettings(BaseModel):
     calibrate: bool = True
     eval_rows: AtLeast1 = 200     # validation rows scored at each evaluation
     negatives: AtLeast1 = 2       # multi_label: sampled "no" questions per "yes"
-    score_batch_size: AtLeast1 = 8
+    score_batch_size: AtLeast1 = 16  # documents per label-scoring batch: 16 beat 8 and 32 on CPU (BENCHMARKS.md)
     answer_budget: AtLeast1 | None = None  # tokens kept for the answer; None: from the training answers
 
 

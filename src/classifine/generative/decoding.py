@@ -173,8 +173,8 @@ class LabelScorer:
     ``answer_end=False`` leaves out the tokens every answer ends with (a JSON answer's `"}` and the
     end of turn) wherever the labels stay told apart without them: the model closes a well-formed
     answer with probability near 1 whatever the label, and those tokens took 43% of a JSON run's
-    scoring time (BENCHMARKS.md, "Inference speed"). Runs saved before it score them (``score_answer_end`` in
-    ``generative.json``), so their calibration keeps meaning the same scores."""
+    scoring time (BENCHMARKS.md, "Inference speed"). Runs saved before it score them
+    (``score_answer_end`` in ``generative.json``), so their calibration keeps meaning the same scores."""
 
     def __init__(self, model, tokenizer, task: TaskSpec, batch_size: int = 8, engine=None, answer_end: bool = False):
         self.tokenizer, self.task, self.common = tokenizer, task, []

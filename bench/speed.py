@@ -132,9 +132,11 @@ def cmd_pipeline(args) -> None:
     theirs = outputs[best_key].argmax(1)
     agree = float(np.mean([o[key] == run.task.label_names[i] for o, i in zip(ours_labels, theirs)])) if key == "label" else None
     busy, used = args._busy
-    record(f"pipeline:{Path(args.run).name}:{ours.scorer.engine}", {
+    engine = "onnx-int8-checked" if ours.check else getattr(ours.scorer, "engine", "torch")
+    check = {"rows_rerun_in_fp32": round(ours.check.rows_checked / ours.check.rows_seen, 4)} if ours.check else {}
+    record(f"pipeline:{Path(args.run).name}:{engine}", {
         "run": args.run, "method": run.method, "model": run.config.get("model"), "rows": len(texts),
-        "engine": ours.scorer.engine if hasattr(ours.scorer, "engine") else "torch",
+        "engine": engine, **check,
         "docs_per_second": {k: round(v, 2) for k, v in rates.items()}, "pipeline_best_batch": best,
         "speedup_vs_best_pipeline": None if busy else round(rates["classifine"] / rates[best_key], 2),
         "label_agreement_vs_pipeline": agree, "busy": busy, "other_cpu_percent": used, "load_start": start, "load_end": load()})
@@ -310,7 +312,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("pipeline")
     s.add_argument("run"), s.add_argument("--input", required=True), s.add_argument("--rows", type=int)
-    s.add_argument("--engine", default=None, help="override the run's engine (torch, onnx, onnx-int8)")
+    s.add_argument("--engine", default=None, help="override the run's engine (torch, onnx, onnx-int8, onnx-int8-checked)")
     s.add_argument("--pipeline-batch", type=int, nargs="+", default=[1, 8, 32, 64])
     s = sub.add_parser("scoring")
     s.add_argument("run"), s.add_argument("--json-run", required=True), s.add_argument("--input", required=True)

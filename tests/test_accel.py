@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import classifine
-from classifine.core.accel import ENGINE_ENV, read_choice, token_batches
+from classifine.core.accel import CHECKED, ENGINE_ENV, read_choice, save_choice, token_batches
 from classifine.errors import ConfigError
 from classifine.predict.predictor import Predictor
+from classifine.scoring.decision import answer_margin
 
 from toy import rows
 
@@ -76,16 +77,19 @@ def test_too_few_validation_rows_keep_torch_without_measuring(toy_tasks, bert_pa
 @needs_onnx
 def test_run_records_the_engine_choice_with_measurements(head_run):
     choice = read_choice(head_run.model_dir)
-    assert choice["engine"] in ("torch", "onnx", "onnx-int8")
+    assert choice["engine"] in ("torch", "onnx", "onnx-int8", CHECKED)
     m = choice["measured"]
-    assert {"torch", "onnx", "onnx-int8"} <= set(m)
+    assert {"torch", "onnx", "onnx-int8", CHECKED} <= set(m)
     assert m["onnx"]["label_agreement"] == 1.0 and m["onnx"]["within_tolerance"]
     for engine in m.values():
         assert engine["docs_per_second"] > 0
+    # the check margin is twice the largest probability change int8 made on the sampled rows
+    assert choice["check_margin"] == m[CHECKED]["check_margin"] > 0
+    assert 0 <= m[CHECKED]["rows_checked"] <= 1 and 0 <= m[CHECKED]["held_out_rows_checked"] <= 1
     if choice["engine"] != "torch":  # only an engine inside the tolerance and faster is ever chosen
         assert m[choice["engine"]]["within_tolerance"] and m[choice["engine"]]["speedup"] >= choice["tolerance"]["min_speedup"]
         files = {p.name for p in (head_run.model_dir / "onnx").iterdir()}
-        assert files and all(f.startswith("model-int8" if choice["engine"] == "onnx-int8" else "model.") for f in files)
+        assert files and all(f.startswith("model-int8" if "int8" in choice["engine"] else "model.") for f in files)
     else:
         assert not (head_run.model_dir / "onnx").exists()  # unused graphs are not kept
     classifine.load(head_run.dir)  # and the run still verifies against its manifest
@@ -104,6 +108,38 @@ def test_onnx_engines_answer_like_fp32_torch(head_run, engine, monkeypatch):
     monkeypatch.setenv(ENGINE_ENV, engine)  # the machine-wide override picks the same engine
     assert Predictor.load(head_run).scorer.engine == engine
     classifine.load(head_run.dir)  # a graph the run lacks goes to the cache: the run is left as trained
+
+
+@needs_onnx
+def test_checked_engine_gives_fp32_answers_where_int8_is_near_a_boundary(head_run, monkeypatch):
+    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    texts = [r["title"] + " " + r["body"] for r in rows("single_label", 60, seed=7)] + ["x"]
+    ref = Predictor.load(head_run, engine="torch").predict_proba(texts)
+    int8 = Predictor.load(head_run, engine="onnx-int8").predict_proba(texts)
+    checked = Predictor.load(head_run, engine=CHECKED)
+    assert checked.scorer.engine == "onnx-int8" and checked.check.margin == read_choice(head_run.model_dir)["check_margin"]
+    got = checked.predict_proba(texts)
+    near = answer_margin("single_label", checked.labels, int8, checked.decision) < checked.check.margin
+    np.testing.assert_allclose(got[near], ref[near], atol=1e-6)   # re-run in fp32
+    np.testing.assert_allclose(got[~near], int8[~near], atol=1e-6)  # int8's, far from any boundary
+    assert checked.check.rows_checked == near.sum() and checked.check.rows_seen == len(texts)
+    # fp32 PyTorch is loaded only when a row needs it
+    far = Predictor.load(head_run, engine=CHECKED)
+    far.check.margin = 0.0
+    far.predict_proba(texts)
+    assert far.check._exact is None
+
+
+@needs_onnx
+def test_checked_engine_without_a_measured_margin_says_how_to_get_one(head_run, tmp_path):
+    import shutil
+
+    shutil.copytree(head_run.dir, tmp_path / "run")
+    run = classifine.core.runs.Run.load(tmp_path / "run")
+    save_choice(run.model_dir, {"engine": "torch", "reason": "too few rows"})
+    with pytest.raises(ConfigError, match="check margin") as e:
+        Predictor.load(run, engine=CHECKED)
+    assert any("--engine onnx-int8 " in p for p in e.value.problems)
 
 
 def test_engine_torch_in_settings_is_recorded_and_used(toy_tasks, bert_path, tmp_path):
@@ -135,6 +171,9 @@ def test_an_engine_outside_tolerance_is_not_chosen(head_run, monkeypatch, tmp_pa
     calls = {"n": 0}
 
     def skewed(predictor, texts):
+        if predictor.check is not None:  # the checked engine runs the skewed int8 scorer below
+            probs, rate = real(predictor, texts)
+            return probs, rate / 10  # int8 + fp32 for every row: slower than torch alone, say so for sure
         probs, rate = real(predictor, texts)
         if predictor.scorer.engine != "torch":  # 10x faster, but every label rotated
             return np.roll(probs, 1, axis=1), rate * 10
@@ -148,6 +187,9 @@ def test_an_engine_outside_tolerance_is_not_chosen(head_run, monkeypatch, tmp_pa
     assert calls["n"] >= 1
     assert choice["engine"] == "torch"
     assert not choice["measured"]["onnx"]["within_tolerance"]
+    # so far off that the check re-runs every row in fp32: its answers are fp32's, and it is too slow to take
+    checked = choice["measured"][CHECKED]
+    assert checked["held_out_rows_checked"] == 1.0 and checked["label_agreement"] == 1.0
     assert json.loads((head_run.model_dir / "inference.json").read_text())["engine"] == "torch"
 
 

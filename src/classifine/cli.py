@@ -25,7 +25,7 @@ err = Console(stderr=True)
 out = Console()
 
 
-ENGINE_OPT = typer.Option(None, "--engine", help="inference engine for head/embed runs: torch | onnx | onnx-int8 "
+ENGINE_OPT = typer.Option(None, "--engine", help="inference engine for head/embed runs: torch | onnx | onnx-int8 | onnx-int8-checked "
                           "(default: the run's choice in model/inference.json, or CLASSIFINE_ENGINE)")
 
 

@@ -9,6 +9,8 @@ Two levers, both measured before they are used (BENCHMARKS.md, "Inference speed"
   the same fp32 numbers (every export is checked against PyTorch, refused beyond ``TOLERANCE``).
   ``onnx-int8`` quantises the weights of the exported graph (ORT dynamic quantisation): faster
   again, but it moves probabilities, so a run uses it only where its validation labels agree.
+  ``onnx-int8-checked`` runs the int8 graph and gives fp32 PyTorch's answer wherever int8's could
+  differ (``predict/checked.py``): the Predictor adds the check, every Scorer sees ``onnx-int8``.
 
 Which engine a run uses is chosen after training (``predict/engine.py``), recorded in
 ``model/inference.json`` (this module alone writes and reads it) and can be overridden per call
@@ -36,6 +38,7 @@ from .runs import atomic_write_json
 
 log = logging.getLogger("classifine")
 ENGINES = ("torch", "onnx", "onnx-int8")
+CHECKED = "onnx-int8-checked"  # int8 graph + fp32 for rows near a decision boundary (predict/checked.py)
 ENGINE_ENV = "CLASSIFINE_ENGINE"
 ONNX_CACHE_ENV = "CLASSIFINE_ONNX_CACHE"  # default: <CLASSIFINE_CACHE>/onnx
 ONNX_CACHE_GB_ENV = "CLASSIFINE_ONNX_CACHE_GB"
@@ -85,8 +88,8 @@ def onnx_missing() -> list[str]:
 
 
 def check_engine(engine: str) -> str:
-    if engine not in ("auto", *ENGINES):
-        raise ConfigError(f"unknown inference engine {engine!r}", [f"engines: auto, {', '.join(ENGINES)}"])
+    if engine not in ("auto", *ENGINES, CHECKED):
+        raise ConfigError(f"unknown inference engine {engine!r}", [f"engines: auto, {', '.join(ENGINES)}, {CHECKED}"])
     if engine.startswith("onnx") and onnx_missing():
         raise ConfigError(f"engine {engine} needs {', '.join(onnx_missing())}", ["pip install 'classifine[export]'"])
     return engine
@@ -96,6 +99,11 @@ def requested(engine: str | None = None) -> str | None:
     """The engine asked for by the caller, else by ``CLASSIFINE_ENGINE``; None: the run's choice."""
     engine = engine or os.environ.get(ENGINE_ENV) or None
     return check_engine(engine) if engine and engine != "auto" else None
+
+
+def graph_engine(engine: str) -> str:
+    """What runs a Scorer's forward pass for ``engine``: the checked engine's graph is int8's."""
+    return "onnx-int8" if engine == CHECKED else engine
 
 
 def save_choice(model_dir: Path, choice: dict) -> None:

@@ -55,7 +55,7 @@ class InferenceSettings(BaseModel):
     """How a frozen forward pass runs after training (core/accel.py): ``auto`` measures the engines
     on validation and keeps the fastest whose answers match fp32 PyTorch (predict/engine.py)."""
 
-    engine: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    engine: Literal["auto", "torch", "onnx", "onnx-int8", "onnx-int8-checked"] = "auto"
 
 
 class AdapterSettings(BaseModel):

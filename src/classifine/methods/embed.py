@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..core.accel import Forward, cache_key, onnx_cache, onnx_missing, read_choice, remember, requested
+from ..core.accel import Forward, cache_key, graph_engine, onnx_cache, onnx_missing, read_choice, remember, requested
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples, sample_rows
 from ..core.models import cut_config, is_decoder, resolve
@@ -433,7 +433,7 @@ class Scorer:
     def load(cls, model_dir: Path, engine: str | None = None, build: bool = False) -> "Scorer":
         """``engine``: the run's choice (model/inference.json) unless overridden; graphs of the
         encoder live in the cache (``build`` changes nothing here)."""
-        engine = requested(engine) or read_choice(model_dir)["engine"]
+        engine = graph_engine(requested(engine) or read_choice(model_dir)["engine"])
         meta = json.loads((model_dir / "encoder.json").read_text())
         model = meta.pop("model")
         folder = meta.pop("sentence_transformers", None)  # runs made before it name the base model only

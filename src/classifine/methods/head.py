@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..core.accel import ENGINES, ONNX_FILES, Forward, cache_key, onnx_cache, outputs, read_choice, requested
+from ..core.accel import ENGINES, ONNX_FILES, Forward, cache_key, graph_engine, onnx_cache, outputs, read_choice, requested
 from ..core.budget import plan_for_encoder, token_lengths, truncation
 from ..core.data import Examples
 from ..core.runs import atomic_write_json
@@ -343,7 +343,7 @@ class Scorer:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         model_dir = Path(model_dir)
-        engine = requested(engine) or read_choice(model_dir)["engine"]
+        engine = graph_engine(requested(engine) or read_choice(model_dir)["engine"])
         meta = json.loads((model_dir / META).read_text())
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         # model_max_length is the run's max_length: truncation() measures texts past it on purpose

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from ..core.accel import read_choice, requested
+from ..core.accel import graph_engine, read_choice, requested
 from ..core.data import Examples, sample_rows
 from ..core.settings import InferenceSettings, Settings
 from ..core.task import TaskSpec
@@ -172,7 +172,7 @@ class Scorer:
     def load(cls, model_dir: Path, engine: str | None = None, build: bool = False) -> "Scorer":
         _, get_method = _methods()
         meta = json.loads((Path(model_dir) / META).read_text())
-        engine = requested(engine) or read_choice(model_dir)["engine"]
+        engine = graph_engine(requested(engine) or read_choice(model_dir)["engine"])
         parts = []
         for part in meta["parts"]:
             scorer, where = get_method(part).Scorer, Path(model_dir) / part / "model"

@@ -6,6 +6,8 @@ least 99.5% of them and its macro-F1 (the kind's ranking metric) is within 0.5 p
 fastest accepted engine is kept if it beats PyTorch by at least 10%. The measurements, accepted or
 not, go into ``model/inference.json`` (``core/accel.py``), so a user can see why a run uses what
 it uses; ``engine: torch`` in the method settings, ``--engine`` or ``CLASSIFINE_ENGINE`` overrule it.
+Where int8 is measured, so is ``onnx-int8-checked`` (predict/checked.py): int8 everywhere, fp32 for
+the rows near a decision boundary; its agreement is measured on rows its check margin was not fitted on.
 """
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ import time
 
 import numpy as np
 
-from ..core.accel import ONNX_FILES, check_engine, onnx_missing, save_choice
+from ..core.accel import CHECKED, ONNX_FILES, check_engine, graph_engine, onnx_missing, save_choice
 from ..core.data import Examples
 from ..core.runs import Run
 from ..errors import ClassifineError
 from ..methods import get_method
 from ..scoring.decision import decide
 from ..scoring.kinds import KINDS, compute_metrics
+from .checked import Check, check_margin, held_out
 from .predictor import Predictor
 
 log = logging.getLogger("classifine")
@@ -60,7 +63,8 @@ def choose_engine(run: Run, validation: Examples | None, wanted: str = "auto") -
                   f"{rows} validation rows are too few to show another engine within tolerance (auto needs {MIN_ROWS})"}
         save_choice(run.model_dir, choice)
         return choice
-    candidates = [e for e in engines if e != "torch" and wanted in ("auto", e)]
+    # auto measures the Scorer's own engines; a named one is measured even where auto would not take it
+    candidates = [e for e in ONNX_FILES if (wanted == "auto" and e in engines) or e == graph_engine(wanted)]
     skipped = {}
     if onnx_missing():
         skipped = {e: f"needs {', '.join(onnx_missing())} (pip install 'classifine[export]')" for e in candidates}
@@ -74,11 +78,14 @@ def choose_engine(run: Run, validation: Examples | None, wanted: str = "auto") -
         except ClassifineError as e:  # an architecture the exporter cannot convert: stay on torch
             skipped[engine] = e.summary
             log.warning("engine %s is not available for this run: %s", engine, e.summary)
-    measured, labels = {}, {}
-    for engine, p in predictors.items():
+    measured, labels, probs_of = {}, {}, {}
+    for engine, p in list(predictors.items()):
         probs, rate = _rate(p, texts)
-        labels[engine] = _answers(p, probs)
+        probs_of[engine], labels[engine] = probs, _answers(p, probs)
         measured[engine] = {"docs_per_second": rate, metric: compute_metrics(run.task, gold, labels[engine], probs).get(metric)}
+    if "onnx-int8" in predictors and wanted in ("auto", CHECKED):
+        measured[CHECKED] = _measure_checked(run, predictors, probs_of, texts, gold, metric)
+        labels[CHECKED] = _answers(predictors[CHECKED], probs_of[CHECKED])
     # a second, shorter timing round in the same order: the better of the two rates counts
     for engine, p in predictors.items():
         measured[engine]["docs_per_second"] = round(max(measured[engine]["docs_per_second"], _rate(p, texts[:SAMPLE // 4])[1]), 2)
@@ -99,10 +106,28 @@ def choose_engine(run: Run, validation: Examples | None, wanted: str = "auto") -
     choice = {"engine": chosen, "reason": reason, "validation_rows": len(texts), "metric": metric,
               "tolerance": {"label_agreement": AGREEMENT, "metric_points": POINTS, "min_speedup": GAIN},
               "measured": measured, "skipped": skipped}
-    _drop_unused(run, chosen)
+    if CHECKED in measured:  # kept whatever is chosen: --engine onnx-int8-checked can use it later
+        choice["check_margin"] = measured[CHECKED]["check_margin"]
+    _drop_unused(run, graph_engine(chosen))
     save_choice(run.model_dir, choice)
     log.info("inference engine: %s (%s)", chosen, reason)
     return choice
+
+
+def _measure_checked(run: Run, predictors: dict, probs_of: dict, texts: list[str], gold: list, metric: str) -> dict:
+    """The checked engine (predict/checked.py) from the int8 and fp32 measurements: its margin from
+    all sampled rows, its speed run for real, its answers with each half's margin taken from the
+    other half, so its agreement is measured on rows the margin did not see."""
+    exact, int8 = predictors["torch"], predictors["onnx-int8"]
+    margin = check_margin(probs_of["torch"], probs_of["onnx-int8"])
+    check = Check(margin, lambda: exact.scorer)
+    predictors[CHECKED] = Predictor(run, int8.scorer, exact.decision, check=check)
+    _, rate = _rate(predictors[CHECKED], texts)
+    probs_of[CHECKED], share = held_out(run.task.kind, exact.labels, exact.decision, probs_of["torch"], probs_of["onnx-int8"])
+    answers = _answers(exact, probs_of[CHECKED])
+    return {"docs_per_second": rate, metric: compute_metrics(run.task, gold, answers, probs_of[CHECKED]).get(metric),
+            "check_margin": round(margin, 6), "rows_checked": round(check.rows_checked / max(check.rows_seen, 1), 4),
+            "held_out_rows_checked": round(share, 4)}
 
 
 def _drop_unused(run: Run, chosen: str) -> None:

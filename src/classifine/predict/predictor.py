@@ -13,20 +13,22 @@ from typing import Iterable
 
 import numpy as np
 
-from ..core.accel import check_engine
+from ..core.accel import CHECKED, check_engine, read_choice, requested
 from ..core.data import records_to_texts
 from ..core.runs import Run, atomic_write_json
 from ..errors import ConfigError
 from ..methods import get_method
 from ..scoring.decision import adjust, decide
+from .checked import Check
 
 DECISION = "decision.json"
 BLANK = {"error": "blank record: every text field is empty, nothing to classify"}
 
 
 class Predictor:
-    def __init__(self, run: Run, scorer, decision: dict, task=None):
+    def __init__(self, run: Run, scorer, decision: dict, task=None, check: Check | None = None):
         self.run, self.task, self.scorer, self.decision = run, task or run.task, scorer, decision
+        self.check = check  # the onnx-int8-checked engine: fp32 answers for rows near a decision boundary
 
     @classmethod
     def load(cls, run_dir: str | Path | Run, scorer=None, engine: str | None = None, build: bool = False,
@@ -38,16 +40,19 @@ class Predictor:
         run = run_dir if isinstance(run_dir, Run) else Run.load(run_dir)
         spec = run.task_named(task)  # an unknown task fails before the model is loaded
         Scorer = get_method(run.method).Scorer
+        check = None
         if scorer is not None:
             scorer = scorer(run)
         elif hasattr(Scorer, "ENGINES"):
+            if (requested(engine) or read_choice(run.model_dir)["engine"]) == CHECKED:
+                check = Check(_check_margin(run), lambda: Scorer.load(run.model_dir, engine="torch"))
             scorer = Scorer.load(run.model_dir, engine=engine, build=build)
         else:
             if engine not in (None, "auto", "torch"):
                 check_engine(engine)
                 raise ConfigError(f"{run.method} runs have one inference engine", [f"drop --engine {engine}"])
             scorer = Scorer.load(run.model_dir)
-        own = cls(run, scorer, read_decision(run.model_dir))
+        own = cls(run, scorer, read_decision(run.model_dir), check=check)
         return own if spec.name == run.task.name else own.for_task(spec.name)
 
     def for_task(self, name: str) -> "Predictor":
@@ -68,7 +73,9 @@ class Predictor:
         return self.task.label_names
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        return adjust(self.task.kind, np.asarray(self.scorer.predict_proba(list(texts)), dtype=np.float64), self.decision)
+        texts = list(texts)
+        probs = adjust(self.task.kind, np.asarray(self.scorer.predict_proba(texts), dtype=np.float64), self.decision)
+        return self.check.mend(self.task.kind, self.labels, self.decision, texts, probs) if self.check else probs
 
     def format(self, probs: np.ndarray) -> list[dict]:
         answers = decide(self.task.kind, self.labels, probs, self.decision)
@@ -128,6 +135,15 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
     predictor = predictor or Predictor.load(run_dir, task=task)
     return _predict_file(predictor, input_path, output_path, batch_size=batch_size, progress=progress,
                          overwrite=overwrite, sync_seconds=sync_seconds)
+
+
+def _check_margin(run: Run) -> float:
+    margin = read_choice(run.model_dir).get("check_margin")
+    if margin is None:
+        raise ConfigError(f"engine {CHECKED} needs the run's check margin, and this run has none",
+                          ["it is measured on validation when a run chooses its engine (engine: auto or "
+                           f"{CHECKED}, 200+ validation rows)", "--engine onnx-int8 runs int8 without the check"])
+    return float(margin)
 
 
 def _decision_path(model_dir: Path, task: str | None) -> Path:

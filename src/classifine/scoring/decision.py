@@ -5,6 +5,7 @@ data to make those answers better (pure numpy; scipy for the temperature fit).
 - ``class_weights``: the weight of each class for a loss or a sampler (``class_weight`` setting).
 - ``ordinal_probabilities``: a score on a scale to a probability per level.
 - ``decide``: argmax (single_label, ordinal); per-label thresholds and top_k (multi_label).
+- ``answer_margin``: how far each row's probabilities are from giving another answer.
 - ``tune_decision``: what training fits on validation for every method: per-label thresholds
   (multi_label), class offsets that raise macro-F1 (single_label), and a temperature.
 - ``adjust``: applies offsets and temperature to a method's probabilities at prediction time.
@@ -80,6 +81,29 @@ def decide(kind: str, labels: list[str], probs: np.ndarray, decision: dict) -> l
             out.append(chosen[:top_k] if top_k else chosen)
         return out
     return [labels[i] for i in probs.argmax(1)]
+
+
+def answer_margin(kind: str, labels: list[str], probs: np.ndarray, decision: dict) -> np.ndarray:
+    """Per row, how far its probabilities are from giving ``decide`` another answer: the gap of the
+    top two (argmax kinds); for multi_label twice the distance of the label closest to its
+    threshold, and with ``top_k`` also the gap between the k-th and the next label above threshold.
+    If no probability of a row moves by more than d, its answer stays the same wherever this margin
+    exceeds 2 d (predict/checked.py relies on it)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if kind != "multi_label":
+        if probs.shape[0] == 0 or probs.shape[1] < 2:
+            return np.full(probs.shape[0], np.inf)
+        top = np.sort(probs, 1)
+        return top[:, -1] - top[:, -2]
+    thresholds = np.array([decision.get("thresholds", {}).get(lab, 0.5) for lab in labels])
+    margin = 2 * np.abs(probs - thresholds).min(1, initial=np.inf)
+    k = decision.get("top_k")
+    if k:
+        for i, row in enumerate(probs):
+            above = np.sort(row[row >= thresholds])[::-1]
+            if len(above) > k:
+                margin[i] = min(margin[i], above[k - 1] - above[k])
+    return margin
 
 
 def tune_thresholds(labels: list[str], probs: np.ndarray, gold: list[list[str]]) -> dict[str, float]:

@@ -169,6 +169,30 @@ def test_json_answers_without_their_end_score_the_label_tokens_alone(lm):
                                atol=1e-4)
 
 
+def test_relative_scores_of_one_token_labels_skip_the_vocabulary_normaliser_and_nothing_else(lm, monkeypatch):
+    """One-token continuations all read the same state: ``relative`` leaves out its log-normaliser,
+    a constant per prompt, so probabilities over labels are unchanged; anything else is scored in full."""
+    import classifine.generative.decoding as decoding
+
+    model, tok = lm
+    prompts = [tok(t, add_special_tokens=False).input_ids for t in ["<bos>goal match today", "<bos>rain", "<bos>market shares"]]
+    ones = [tok(t, add_special_tokens=False).input_ids[:1] for t in ["sports", "business", "weather"]]
+    full = score_continuations(model, tok, prompts, ones, batch_size=2)
+    calls, real = [], decoding._head_logprobs
+    monkeypatch.setattr(decoding, "_head_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rel = score_continuations(model, tok, prompts, ones, batch_size=2, relative=True)
+    assert not calls  # the full vocabulary was never normalised
+    shift = full - rel
+    np.testing.assert_allclose(shift, shift[:, :1].repeat(3, 1), atol=1e-4)  # one constant per prompt
+    assert np.abs(shift).min() > 1e-3  # and it really was left out
+    np.testing.assert_allclose(probabilities("single_label", rel), probabilities("single_label", full), atol=1e-5)
+    # two-token continuations read different states: scored in full, relative or not
+    twos = [tok(t, add_special_tokens=False).input_ids for t in ["sports news", "business", "weather report"]]
+    np.testing.assert_allclose(score_continuations(model, tok, prompts, twos, relative=True),
+                               score_continuations(model, tok, prompts, twos), atol=1e-5)
+    assert calls
+
+
 def test_the_common_end_is_cut_only_while_labels_stay_apart():
     from classifine.generative.decoding import _without_common_end
 

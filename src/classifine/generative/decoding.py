@@ -63,6 +63,16 @@ def _head_logprobs(head, softcap, hidden, rows, targets, chunk: int = 256):
     return out
 
 
+def _target_logits(head, softcap, hidden, rows, targets):
+    """The LM head's logit of targets[i] at hidden[rows[i]], without the normaliser over the vocabulary."""
+    import torch
+
+    logits = (hidden[rows] * head.weight[targets]).sum(-1).float()
+    if head.bias is not None:
+        logits = logits + head.bias[targets].float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def _sliding_window(model) -> int | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
@@ -85,12 +95,17 @@ def _left_pad(seqs: list[list[int]], pad: int):
 
 
 def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[list[int]], batch_size: int = 8,
-                        shared: list[int] | None = None, scored_from: list[int] | None = None) -> np.ndarray:
+                        shared: list[int] | None = None, scored_from: list[int] | None = None,
+                        relative: bool = False) -> np.ndarray:
     """(n_prompts, n_conts) array of summed log-probabilities of each continuation after each prompt.
 
     ``shared``: tokens that precede every prompt (the task's frame); their KV cache is computed once
     and reused for every batch. ``scored_from[j]``: how many leading tokens of continuation j are
-    context only (fed, not scored), e.g. a multi-label question before its yes/no."""
+    context only (fed, not scored), e.g. a multi-label question before its yes/no. ``relative``: the
+    caller compares a prompt's continuations with each other only (a softmax over labels), so a
+    constant per prompt may be left in: where every continuation scores one token after every state
+    (one-token labels), each state's log-normaliser over the vocabulary is that constant, and the LM
+    head computes only the target rows instead of all 262k."""
     import torch
 
     if any(not p for p in prompts) or any(not c for c in conts):
@@ -119,6 +134,9 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
             reps.append((l, j))
         units.append(prefixes[key])
     pair_u = torch.tensor(units)
+    # each continuation reads each state exactly once: the normaliser is the same for all of them
+    targets_only = relative and len(units) == L * len(reps) and len(set(zip(pair_l.tolist(), units))) == len(units) \
+        and isinstance(head, torch.nn.Linear)
     (rep_l, rep_j), U, pair_t = torch.tensor(reps).T, len(reps), C[pair_l, pair_j]
     result = np.zeros((len(prompts), L))
     kv = cache_keyword(decoder)
@@ -157,7 +175,10 @@ def score_continuations(model, tokenizer, prompts: list[list[int]], conts: list[
                 hidden = torch.cat([hidden, second.last_hidden_state[:, :-1]], 1)
             states = hidden.view(B, L, width, -1)[:, rep_l, rep_j].reshape(B * U, -1)
             b = torch.arange(B)[:, None]
-            lp = _head_logprobs(head, softcap, states, (b * U + pair_u).reshape(-1), pair_t.repeat(B))
+            if targets_only:
+                lp = _target_logits(head, softcap, states, (b * U + pair_u).reshape(-1), pair_t.repeat(B))
+            else:
+                lp = _head_logprobs(head, softcap, states, (b * U + pair_u).reshape(-1), pair_t.repeat(B))
             sums = torch.zeros(B * L, dtype=lp.dtype).index_add_(0, (b * L + pair_l).reshape(-1), lp)
         result[rows] = sums.view(B, L).double().numpy()
     return result
@@ -198,12 +219,14 @@ class LabelScorer:
             self.conts = _without_common_end(self.conts, self.scored_from)
         # a batch holds batch x continuations sequences: keep it near 64 when there are many labels
         batch = max(1, min(batch_size, 64 // len(self.conts)))
+        # scores only ever meet a softmax over this prompt's labels (or a yes-no difference)
         self.engine = engine or (lambda prompts, conts, shared, scored_from: score_continuations(
-            model, tokenizer, prompts, conts, batch, shared=shared, scored_from=scored_from))
+            model, tokenizer, prompts, conts, batch, shared=shared, scored_from=scored_from, relative=True))
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        """single_label/ordinal: log P(label | prompt) up to a constant per text (the answers' common
-        start, which a softmax over labels cancels); multi_label: log-odds of "yes" per label."""
+        """single_label/ordinal: log P(label | prompt) up to a constant per text, which a softmax over
+        labels cancels (the answers' common start; with one-token labels also the LM head's normaliser);
+        multi_label: log-odds of "yes" per label."""
         prompts = [self.fmt.text_ids(self.task, t) + self.common for t in texts]
         s = self.engine(prompts, self.conts, self.fmt.head_ids(self.task), self.scored_from)
         return s if self.task.kind != "multi_label" else s[:, 0::2] - s[:, 1::2]

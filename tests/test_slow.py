@@ -127,6 +127,29 @@ def test_head_minilm_full_fine_tune(tmp_path):
                      config={"epochs": 6, "learning_rate": 1e-4, "batch_size": 8, "max_length": 96}, progress=False)
     assert _metrics(out)["macro_f1"] > 0.35  # chance is 1/6
     _engines_agree(out, ["onnx", "onnx-int8"])
+    _checked_gives_fp32_labels(out)
+
+
+def _checked_gives_fp32_labels(run_dir: Path) -> None:
+    """onnx-int8-checked on a real model: its margin measured on the example's test texts (as the
+    choice does on validation), it gives fp32's label on every one of them, and int8's probabilities
+    wherever it did not re-run a text."""
+    from classifine.core.accel import CHECKED, read_choice
+    from classifine.core.data import load_examples
+    from classifine.predict.engine import choose_engine
+    from classifine.predict.predictor import Predictor
+
+    run = Run.load(run_dir)
+    texts = load_examples(run.task, EXAMPLE / "test.csv")
+    choice = choose_engine(run, texts, CHECKED)
+    assert choice["engine"] == CHECKED and read_choice(run.model_dir)["check_margin"] > 0
+    ref = Predictor.load(run, engine="torch").predict_proba(texts.texts)
+    int8 = Predictor.load(run, engine="onnx-int8").predict_proba(texts.texts)
+    checked = Predictor.load(run)
+    got = checked.predict_proba(texts.texts)
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    kept = ~np.isclose(got, ref, atol=1e-6).all(1)
+    np.testing.assert_allclose(got[kept], int8[kept], atol=1e-6)
 
 
 def _engines_agree(run_dir: Path, engines: list[str]) -> None:

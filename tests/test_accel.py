@@ -131,6 +131,25 @@ def test_checked_engine_gives_fp32_answers_where_int8_is_near_a_boundary(head_ru
 
 
 @needs_onnx
+def test_serving_a_checked_run_loads_its_fp32_model_before_the_first_request(head_run, monkeypatch):
+    import gc
+
+    import uvicorn
+
+    from classifine.serve import app as serve_app
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    monkeypatch.setattr(serve_app, "create_app", lambda predictor, settings: seen.update(predictor=predictor) or "app")
+    monkeypatch.setenv(ENGINE_ENV, CHECKED)
+    try:
+        serve_app.serve(head_run.dir)
+    finally:
+        gc.unfreeze()
+    assert seen["app"] == "app" and seen["predictor"].check._exact is not None
+
+
+@needs_onnx
 def test_checked_engine_without_a_measured_margin_says_how_to_get_one(head_run, tmp_path):
     import shutil
 

@@ -285,6 +285,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settin
     if settings.token is None and os.environ.get(TOKEN_ENV):
         settings = ServeSettings(**{**asdict(settings), "token": os.environ[TOKEN_ENV]})
     predictor = load_backend(run_dir, backend, trust_remote_code)
+    if predictor.check is not None:  # onnx-int8-checked: load the fp32 model now, not inside a request
+        predictor.check.exact()
     app = create_app(predictor, settings)
     # the loaded model, tokenizer and libraries are long-lived objects that every full collection would
     # walk while holding the GIL (128 ms with a MiniLM head run loaded, requests and model waiting)

@@ -148,7 +148,7 @@ def _checked_gives_fp32_labels(run_dir: Path) -> None:
     checked = Predictor.load(run)
     got = checked.predict_proba(texts.texts)
     assert (got.argmax(1) == ref.argmax(1)).all()
-    kept = ~np.isclose(got, ref, atol=1e-6).all(1)
+    kept = ~np.isclose(got, ref, atol=1e-4).all(1)
     np.testing.assert_allclose(got[kept], int8[kept], atol=1e-6)
 
 

@@ -4,7 +4,8 @@ An int8 graph moves every probability a little, and an answer can only change wh
 probabilities (or a probability and its threshold) were about that close: on the MiniLM head run
 of BENCHMARKS.md all 11 of 1,520 rows whose int8 label differed from fp32's were among the 4% with
 the smallest int8 margin. So the checked engine runs every text through the int8 graph and runs
-again through fp32 PyTorch only the rows whose int8 answer margin (``answer_margin``) is below the
+again in fp32 (the ONNX graph where it exported, else PyTorch: ``check_engine`` in
+model/inference.json) only the rows whose int8 answer margin (``answer_margin``) is below the
 run's *check margin*: twice the largest change int8 made to any probability of any validation row,
 measured when the run chose its engine (``predict/engine.py``) and kept in model/inference.json.
 A row keeps its answer wherever its margin exceeds twice its own change, so the answers are fp32's

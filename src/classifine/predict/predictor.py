@@ -45,7 +45,8 @@ class Predictor:
             scorer = scorer(run)
         elif hasattr(Scorer, "ENGINES"):
             if (requested(engine) or read_choice(run.model_dir)["engine"]) == CHECKED:
-                check = Check(_check_margin(run), lambda: Scorer.load(run.model_dir, engine="torch"))
+                exact = read_choice(run.model_dir).get("check_engine", "torch")
+                check = Check(_check_margin(run), lambda: Scorer.load(run.model_dir, engine=exact))
             scorer = Scorer.load(run.model_dir, engine=engine, build=build)
         else:
             if engine not in (None, "auto", "torch"):

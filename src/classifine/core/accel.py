@@ -9,8 +9,8 @@ Two levers, both measured before they are used (BENCHMARKS.md, "Inference speed"
   the same fp32 numbers (every export is checked against PyTorch, refused beyond ``TOLERANCE``).
   ``onnx-int8`` quantises the weights of the exported graph (ORT dynamic quantisation): faster
   again, but it moves probabilities, so a run uses it only where its validation labels agree.
-  ``onnx-int8-checked`` runs the int8 graph and gives fp32 PyTorch's answer wherever int8's could
-  differ (``predict/checked.py``): the Predictor adds the check, every Scorer sees ``onnx-int8``.
+  ``onnx-int8-checked`` runs the int8 graph and gives the fp32 answer wherever int8's could differ
+  (``predict/checked.py``): the Predictor adds the check, every Scorer sees ``onnx-int8``.
 
 Which engine a run uses is chosen after training (``predict/engine.py``), recorded in
 ``model/inference.json`` (this module alone writes and reads it) and can be overridden per call

@@ -45,7 +45,7 @@ class Check:
 
     def __init__(self, margin: float, exact):
         self.margin, self._build, self._exact = float(margin), exact, None
-        self.rows_seen = self.rows_checked = 0  # for the record of a measurement, and the server's metrics
+        self.rows_seen = self.rows_checked = 0  # the share re-run, for the record of a measurement
 
     def exact(self):
         if self._exact is None:

@@ -153,6 +153,23 @@ def test_serving_a_checked_run_loads_its_fp32_model_before_the_first_request(hea
 
 
 @needs_onnx
+def test_server_metrics_count_the_records_rerun_in_fp32(head_run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from classifine.serve.app import create_app
+
+    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    predictor = Predictor.load(head_run, engine=CHECKED)
+    predictor.check.margin = float("inf")  # every record is near a boundary: all run again
+    record = {"title": "match goal", "body": "striker league coach"}
+    with TestClient(create_app(predictor)) as client:
+        assert client.post("/v1/classify", json={"inputs": [record] * 3}).status_code == 200
+        text = client.get("/metrics").text
+    line = next(l for l in text.splitlines() if l.startswith("classifine_fp32_rerun_records "))
+    assert float(line.split()[1]) == predictor.check.rows_checked == 3
+
+
+@needs_onnx
 def test_checked_engine_without_a_measured_margin_says_how_to_get_one(head_run, tmp_path):
     import shutil
 

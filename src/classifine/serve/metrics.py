@@ -36,6 +36,8 @@ class HTTPMetrics:
         self._records = Counter("classifine_records", "records classified", registry=r)
         self._errors = Counter("classifine_errors", "requests answered with an error, by type", ["type"], registry=r)
         self._queued = Gauge("classifine_queued_records", "records waiting for the model", registry=r)
+        self._rerun = Gauge("classifine_fp32_rerun_records", "records the onnx-int8-checked engine ran again in fp32 "
+                            "(their int8 answer was near a decision boundary), since the start", registry=r)
 
     def request(self, path: str, method: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"
@@ -52,8 +54,9 @@ class HTTPMetrics:
     def error(self, kind: str) -> None:
         self._errors.labels(kind).inc()
 
-    def render(self, queued: int) -> tuple[bytes, str]:
+    def render(self, queued: int, rerun: int = 0) -> tuple[bytes, str]:
         self._queued.set(queued)
+        self._rerun.set(rerun)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

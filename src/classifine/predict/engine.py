@@ -79,7 +79,7 @@ def choose_engine(run: Run, validation: Examples | None, wanted: str = "auto") -
             skipped[engine] = e.summary
             log.warning("engine %s is not available for this run: %s", engine, e.summary)
     measured, labels, probs_of = {}, {}, {}
-    for engine, p in list(predictors.items()):
+    for engine, p in predictors.items():
         probs, rate = _rate(p, texts)
         probs_of[engine], labels[engine] = probs, _answers(p, probs)
         measured[engine] = {"docs_per_second": rate, metric: compute_metrics(run.task, gold, labels[engine], probs).get(metric)}
@@ -109,7 +109,7 @@ def choose_engine(run: Run, validation: Examples | None, wanted: str = "auto") -
     if CHECKED in measured:  # kept whatever is chosen: --engine onnx-int8-checked can use it later
         choice["check_margin"] = measured[CHECKED]["check_margin"]
         choice["check_engine"] = measured[CHECKED]["check_engine"]
-    _drop_unused(run, *([graph_engine(chosen), choice["check_engine"]] if chosen == CHECKED else [chosen]))
+    _drop_unused(run, graph_engine(chosen), *([choice["check_engine"]] if chosen == CHECKED else []))
     save_choice(run.model_dir, choice)
     log.info("inference engine: %s (%s)", chosen, reason)
     return choice

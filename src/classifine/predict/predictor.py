@@ -44,9 +44,10 @@ class Predictor:
         if scorer is not None:
             scorer = scorer(run)
         elif hasattr(Scorer, "ENGINES"):
-            if (requested(engine) or read_choice(run.model_dir)["engine"]) == CHECKED:
-                exact = read_choice(run.model_dir).get("check_engine", "torch")
-                check = Check(_check_margin(run), lambda: Scorer.load(run.model_dir, engine=exact))
+            choice = read_choice(run.model_dir)
+            if (requested(engine) or choice["engine"]) == CHECKED:
+                exact = choice.get("check_engine", "torch")
+                check = Check(_check_margin(choice), lambda: Scorer.load(run.model_dir, engine=exact))
             scorer = Scorer.load(run.model_dir, engine=engine, build=build)
         else:
             if engine not in (None, "auto", "torch"):
@@ -138,8 +139,8 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
                          overwrite=overwrite, sync_seconds=sync_seconds)
 
 
-def _check_margin(run: Run) -> float:
-    margin = read_choice(run.model_dir).get("check_margin")
+def _check_margin(choice: dict) -> float:
+    margin = choice.get("check_margin")
     if margin is None:
         raise ConfigError(f"engine {CHECKED} needs the run's check margin, and this run has none",
                           ["it is measured on validation when a run chooses its engine (engine: auto or "

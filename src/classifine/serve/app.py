@@ -186,8 +186,8 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/metrics", dependencies=guarded, responses={401: ERROR_RESPONSES[401]},
              response_class=Response, summary="Prometheus metrics (text format)")
     async def prometheus() -> Response:
-        checks = {id(p.check): p.check for p in predictors.values() if getattr(p, "check", None) is not None}
-        body, content_type = metrics.render(batcher.waiting, sum(c.rows_checked for c in checks.values()))
+        rerun = sum(p.check.rows_checked for p in predictors.values() if getattr(p, "check", None) is not None)
+        body, content_type = metrics.render(batcher.waiting, rerun)
         return Response(body, media_type=content_type)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
